@@ -1,0 +1,29 @@
+# prismkit: two commands do everything on a fresh Debian 12 machine (as root):
+#   make demo   build and start the bundled llama.cpp server, load it, record, analyse
+#   make test   the test suite, against the real server and real eBPF probes
+# Set-up is idempotent and cached: a second run takes seconds.
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PRISM  := $(VENV)/bin/prism
+
+.PHONY: setup target demo test bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+target: setup
+	@$(PRISM) target build >/dev/null
+	@$(PRISM) target model tiny >/dev/null
+
+demo: target
+	@$(PRISM) demo
+
+test: target
+	@$(PY) -m pytest -q tests
+
+bench: target
+	@$(PY) -m benchmarks
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,174 @@
+"""`prism`: the command line. Each subcommand is a thin layer over the library."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import PrismError
+
+
+def _add_target(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("target", help="build, start, stop or inspect the bundled llama.cpp server")
+    tsub = p.add_subparsers(dest="action", required=True)
+    tsub.add_parser("build", help="build llama-server from the pinned llama-cpp-python sdist (cached)")
+    s = tsub.add_parser("start", help="start llama-server on 127.0.0.1 (continuous batching, /metrics)")
+    s.add_argument("--model", default="tiny", help="'tiny', 'demo' (random-weight llama GGUFs) or a GGUF path")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("-np", "--parallel", type=int, default=4, help="server slots (concurrent sequences)")
+    s.add_argument("--ctx", type=int, default=8192, help="total context size (split across slots)")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--name", default="default", help="name of this server (several can run)")
+    s.add_argument("--timeout", type=float, default=120.0, help="seconds to wait until healthy")
+    s.add_argument("extra", nargs="*", help="extra llama-server arguments (after --)")
+    for action in ("stop", "status"):
+        a = tsub.add_parser(action, help=f"{action} a server started by `prism target start`")
+        a.add_argument("--name", default="default")
+    m = tsub.add_parser("model", help="write a random-weight llama GGUF and print its path")
+    m.add_argument("size", choices=["tiny", "demo"])
+
+
+def _cmd_target(args: argparse.Namespace) -> int:
+    from .target.build import ensure_llama_server
+    from .target.model import ensure_model
+    from .target.server import LlamaServer, health
+
+    if args.action == "build":
+        print(ensure_llama_server())
+        return 0
+    if args.action == "model":
+        print(ensure_model(args.size))
+        return 0
+    if args.action == "start":
+        srv = LlamaServer(model=args.model, port=args.port, n_parallel=args.parallel, ctx_size=args.ctx,
+                          threads=args.threads, extra_args=args.extra, name=args.name)
+        existing = srv.load_state()
+        if existing is not None:
+            raise PrismError(f"server '{args.name}' is already running (pid {existing.pid}, {existing.url})")
+        info = srv.start(timeout=args.timeout)
+        print(f"llama-server pid {info.pid} healthy at {info.url} (model {info.model}, -np {info.n_parallel})")
+        print(f"log: {info.log}")
+        return 0
+    srv = LlamaServer(name=args.name)
+    info = srv.load_state()
+    if args.action == "stop":
+        if info is None:
+            print(f"server '{args.name}' is not running")
+            return 0
+        srv.stop()
+        print(f"stopped llama-server pid {info.pid}")
+        return 0
+    if info is None:
+        print(f"server '{args.name}': not running")
+        return 1
+    state = "healthy" if health(info.url) else "NOT healthy"
+    print(f"server '{args.name}': pid {info.pid} at {info.url}, {state}, model {info.model}")
+    return 0
+
+
+def _add_load(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("load", help="drive a server with closed-loop, open-loop or replayed load")
+    p.add_argument("--url", default=None, help="server URL (default: the server `prism target start` started)")
+    p.add_argument("--mode", choices=["closed", "poisson", "bursty", "azure"], default="closed")
+    p.add_argument("-c", "--concurrency", type=int, default=4, help="closed loop: requests in flight")
+    p.add_argument("-n", "--requests", type=int, default=None, help="closed loop: number of requests")
+    p.add_argument("--rate", type=float, default=2.0, help="open loop: mean requests per second")
+    p.add_argument("--burstiness", type=float, default=4.0, help="bursty: CV^2 of inter-arrival gaps (1 = Poisson)")
+    p.add_argument("--duration", type=float, default=None, help="seconds of load (open loop, replay window, or closed-loop limit)")
+    p.add_argument("--prompt", default="uniform:16:128", help="prompt length distribution in tokens")
+    p.add_argument("--output", default="uniform:16:64", help="output length distribution in tokens")
+    p.add_argument("--trace", type=Path, help="azure: a CSV with TIMESTAMP, ContextTokens, GeneratedTokens")
+    p.add_argument("--time-scale", type=float, default=1.0, help="azure: stretch arrival times (0.5 = 2x faster)")
+    p.add_argument("--start-offset", type=float, default=0.0, help="azure: seconds into the trace to start")
+    p.add_argument("--token-scale", type=float, default=1.0, help="azure: scale token lengths")
+    p.add_argument("--max-prompt", type=int, default=None, help="cap prompt lengths (tokens)")
+    p.add_argument("--max-output", type=int, default=None, help="cap output lengths (tokens)")
+    p.add_argument("--cache-prompt", action="store_true", help="let the server reuse cached prompt prefixes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--out", type=Path, default=Path("out/load.csv"), help="per-request results CSV")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _server_url(url: str | None) -> str:
+    if url:
+        return url.rstrip("/")
+    from .target.server import LlamaServer
+
+    info = LlamaServer().load_state()
+    if info is None:
+        raise PrismError("no server given: pass --url or start one with `prism target start`")
+    return info.url
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    from .load import azure_replay, closed_loop, open_loop, parse_length_dist, run_load
+    from .load.runner import latency_summary
+
+    url = _server_url(args.url)
+    prompt = parse_length_dist(args.prompt, hi=args.max_prompt or 1 << 20)
+    output = parse_length_dist(args.output, hi=args.max_output or 1 << 20)
+    if args.mode == "closed":
+        n = args.requests or (10_000 if args.duration else 40)
+        specs = closed_loop(n, prompt, output, seed=args.seed)
+    elif args.mode in ("poisson", "bursty"):
+        specs = open_loop(args.rate, args.duration or 30.0, prompt, output,
+                          burstiness=1.0 if args.mode == "poisson" else args.burstiness, seed=args.seed)
+    else:
+        if not args.trace:
+            raise PrismError("--mode azure needs --trace FILE.csv")
+        specs = azure_replay(args.trace, args.time_scale, args.start_offset, args.duration,
+                             args.token_scale, args.max_prompt, args.max_output)
+    res = run_load(url, specs, concurrency=args.concurrency, out_csv=args.out, seed=args.seed,
+                   cache_prompt=args.cache_prompt, duration_s=args.duration if args.mode == "closed" else None,
+                   progress=not args.quiet)
+    df = res.frame()
+    n_ok = int((df["status"] == "ok").sum())
+    print(f"{len(df)} requests sent, {n_ok} ok, in {res.wall_s:.1f}s{' (interrupted)' if res.interrupted else ''}; "
+          f"results: {args.out}")
+    print(latency_summary(df).round(2).to_string())
+    return 130 if res.interrupted else (0 if n_ok == len(df) else 1)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job end to end: server, load, record, analyse")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--out", type=Path, default=Path("out"))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(model=args.model, duration_s=args.duration, port=args.port, out_dir=args.out)
+
+
+COMMANDS = {"target": (_add_target, _cmd_target), "load": (_add_load, _cmd_load),
+            "demo": (_add_demo, _cmd_demo)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prism", description="Watch a live LLM inference server with eBPF.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command][1](args) or 0
+    except PrismError as err:
+        print(f"prism {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"prism {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The observed target: a real llama.cpp server, built, fed a model, started."""
