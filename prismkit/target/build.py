@@ -20,8 +20,8 @@ from pathlib import Path
 from ..errors import PrismError
 from ..paths import cache_dir
 
-SDIST_VERSION = "0.3.36"
-SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+SDIST_VERSION = "0.3.35"
+SDIST_SHA256 = "1139dbb54509074b70893fab8554e3b079aa9f4d312058ce4018ef0019e3de12"
 SDIST_NAME = f"llama_cpp_python-{SDIST_VERSION}.tar.gz"
 
 CMAKE_FLAGS = [
@@ -66,7 +66,7 @@ def _download_sdist(dest: Path) -> Path:
         return tarball
     _log(f"downloading llama-cpp-python=={SDIST_VERSION} sdist from PyPI")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--no-build-isolation", "-q", "-d", str(dest), f"llama-cpp-python=={SDIST_VERSION}"]
+           "-q", "-d", str(dest), f"llama-cpp-python=={SDIST_VERSION}"]
     # pip download may try to prepare metadata; we only need the file it saved.
     subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     if not tarball.exists():
