@@ -84,6 +84,21 @@ def build_vocab(vocab_size: int) -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
+def output_matrix(spec: ModelSpec, types: list[int], rng: np.random.Generator) -> np.ndarray:
+    """The LM head: only NORMAL tokens can be generated.
+
+    Byte tokens would produce invalid UTF-8 pieces that the server's output
+    parser rejects, and control tokens would end generation. Their rows are
+    zero (logit 0) while the other rows give logits with a standard deviation
+    of about 10, so a non-NORMAL token is practically never sampled.
+    """
+    from gguf import TokenType
+
+    out = rng.standard_normal((spec.vocab_size, spec.dim), dtype=np.float32) * (10.0 / np.sqrt(spec.dim))
+    out[np.asarray(types) != int(TokenType.NORMAL)] = 0.0
+    return out.astype(np.float16)
+
+
 def write_random_llama_gguf(path: Path, spec: ModelSpec, seed: int = 0) -> Path:
     """Write a llama-architecture GGUF with random weights to `path`."""
     import gguf
@@ -135,7 +150,7 @@ def write_random_llama_gguf(path: Path, spec: ModelSpec, seed: int = 0) -> Path:
         w.add_tensor(p + "ffn_up.weight", mat(spec.ffn_dim, spec.dim))
         w.add_tensor(p + "ffn_down.weight", mat(spec.dim, spec.ffn_dim))
     w.add_tensor("output_norm.weight", norm())
-    w.add_tensor("output.weight", mat(spec.vocab_size, spec.dim))
+    w.add_tensor("output.weight", output_matrix(spec, types, rng))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -1,0 +1,259 @@
+"""The recording engine: attach probe packs to a live process, stream a Perfetto trace.
+
+    Recorder(pid, "out.pftrace", duration_s=30).run()
+
+Stops on the duration, Ctrl-C, SIGTERM or the target's exit, and always
+leaves a valid trace: events are written as they arrive, the file is flushed
+every 100 ms, and the stop path drains the buffers, writes the final stats
+(lost events per buffer) and closes the file.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from prismkit.errors import PrismError
+
+from .packs import default_packs
+from .packs.base import AttachReport, ProbePack
+from .target import TargetProcess
+from .trace_writer import TraceWriter
+
+
+@dataclass
+class RecordingContext:
+    """What packs write through: the writer and the target's tracks."""
+
+    writer: TraceWriter
+    target: TargetProcess
+    process_track: int
+    options: dict
+    _threads: dict[int, int] = field(default_factory=dict)
+    _named: dict[str, int] = field(default_factory=dict)
+
+    def thread_track(self, tid: int) -> int:
+        uuid = self._threads.get(tid)
+        if uuid is None:
+            uuid = self._threads[tid] = self.writer.thread_track(self.target.pid, tid, self.target.thread_name(tid))
+        return uuid
+
+    def named_track(self, name: str, parent: int | None = None) -> int:
+        uuid = self._named.get(name)
+        if uuid is None:
+            uuid = self._named[name] = self.writer.named_track(name, parent or self.process_track)
+        return uuid
+
+    def counter_track(self, name: str, unit: str | None = None, parent: int | None = None) -> int:
+        key = "counter:" + name
+        uuid = self._named.get(key)
+        if uuid is None:
+            uuid = self._named[key] = self.writer.counter_track(name, parent or self.process_track, unit)
+        return uuid
+
+
+@dataclass
+class RecordingSummary:
+    path: str
+    duration_s: float
+    stop_reason: str
+    events: dict[str, int]
+    lost: dict[str, int]
+    attached: list[str]
+    failed: list[tuple[str, str]]
+
+
+class Recorder:
+    def __init__(self, pid: int, output: str | os.PathLike, duration_s: float | None = None,
+                 packs: list[ProbePack] | None = None, sample_interval_s: float = 0.2,
+                 ringbuf_pages: int = 256, poll_interval_ms: int = 50, capture_paths: bool = False,
+                 verbose: bool = True, on_event_count: Callable[[dict], None] | None = None) -> None:
+        self.pid = pid
+        self.output = Path(output)
+        self.duration_s = duration_s
+        self.packs = packs if packs is not None else default_packs()
+        self.sample_interval_s = sample_interval_s
+        self.options = {"ringbuf_pages": ringbuf_pages, "capture_paths": capture_paths}
+        self.poll_interval_ms = poll_interval_ms
+        self.verbose = verbose
+        self._stop_reason: str | None = None
+        self._stop_event = threading.Event()
+
+    def _log(self, msg: str) -> None:
+        if self.verbose:
+            print(f"[record] {msg}", file=sys.stderr, flush=True)
+
+    def stop(self, reason: str = "requested") -> None:
+        """Ask a running recording to stop (thread-safe)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._stop_event.set()
+
+    def _compile(self, target: TargetProcess, packs: list[ProbePack]):
+        from bcc import BPF
+
+        pages = int(self.options["ringbuf_pages"])
+        if pages < 1 or pages & (pages - 1):
+            raise PrismError(f"--ringbuf-pages must be a power of two (got {pages})")
+        text = "\n".join(p.bpf_text(target, self.options) for p in packs)
+        text = f"#include <uapi/linux/ptrace.h>\n#define TARGET_PID {target.pid}\n#define RINGBUF_PAGES {pages}\n" + text
+        try:
+            return BPF(text=text, cflags=["-Wno-macro-redefined", "-Wno-unused-function"])
+        except Exception as exc:
+            raise PrismError(f"BPF programs failed to load: {str(exc).splitlines()[0]}") from None
+
+    def run(self) -> RecordingSummary:
+        from prismkit.preflight import check_all
+
+        check_all(load_bpf=False)
+        target = TargetProcess.from_pid(self.pid)
+        packs = [p for p in self.packs if p.applies_to(target)]
+        engine_packs = [p for p in packs if getattr(p, "engine", False)]
+        if not engine_packs:
+            known = ", ".join(sorted({getattr(p, "library_hint", p.name) for p in self.packs if getattr(p, "engine", False)}))
+            raise PrismError(f"PID {target.pid} ({target.comm}) maps no known engine library (looked for {known})")
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        bpf = self._compile(target, packs)
+        report = AttachReport()
+        try:
+            for p in packs:
+                p.attach(bpf, target, report)
+        except PrismError:
+            bpf.cleanup()
+            raise
+        for line in report.attached:
+            self._log(f"attached  {line}")
+        for what, why in report.failed:
+            self._log(f"NOT attached {what}: {why}")
+
+        writer = TraceWriter(self.output)
+        process_track = writer.process_track(target.pid, target.comm, target.cmdline)
+        ctx = RecordingContext(writer, target, process_track, self.options)
+        t_start = time.monotonic_ns()
+        writer.instant(process_track, t_start, "prismkit.metadata", "metadata", {
+            "target_pid": target.pid,
+            "target_cmdline": " ".join(target.cmdline),
+            "engine_libraries": ";".join(f"{k}={v}" for k, v in sorted(target.libraries.items())
+                                         if k.startswith(("libllama", "libggml", "libcuda", "libnccl"))),
+            "build": _build_id(target),
+            "packs": ",".join(p.name for p in packs),
+            "probes_attached": "; ".join(report.attached),
+            "probes_failed": "; ".join(f"{w}: {y}" for w, y in report.failed),
+            "kernel": platform.release(),
+            "clock": "CLOCK_MONOTONIC",
+            "prismkit_version": _version(),
+        })
+        for p in packs:
+            p.start(bpf, ctx)
+
+        old_handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig, reason in ((signal.SIGINT, "sigint"), (signal.SIGTERM, "sigterm")):
+                old_handlers[sig] = signal.signal(sig, lambda *_a, r=reason: self.stop(r))
+        self._log(f"recording PID {target.pid} ({target.comm}) into {self.output}"
+                  + (f" for {self.duration_s:g}s" if self.duration_s else "") + "; Ctrl-C to stop")
+        deadline = time.monotonic() + self.duration_s if self.duration_s else None
+        next_sample = time.monotonic()
+        next_status = time.monotonic() + 1.0
+        lost_tracks = {buf: ctx.counter_track(f"lost_events.{buf}", "events")
+                       for p in packs for buf in p.buffers}
+        try:
+            while not self._stop_event.is_set():
+                bpf.ring_buffer_poll(timeout=self.poll_interval_ms)
+                now = time.monotonic()
+                if now >= next_sample:
+                    ts = time.monotonic_ns()
+                    for p in packs:
+                        p.sample(ctx, ts)
+                    for p in packs:
+                        for buf, lost_map in p.buffers.items():
+                            writer.counter(lost_tracks[buf], ts, _sum_percpu(bpf, lost_map))
+                    next_sample = now + self.sample_interval_s
+                if now >= next_status:
+                    self._status_line(packs, bpf)
+                    next_status = now + 1.0
+                if deadline is not None and now >= deadline:
+                    self.stop("duration")
+                elif not target.alive():
+                    self.stop("target_exit")
+        finally:
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+            summary = self._finish(bpf, ctx, packs, report, t_start)
+        return summary
+
+    def _status_line(self, packs, bpf) -> None:
+        if not self.verbose:
+            return
+        counts = {k: v for p in packs for k, v in p.metadata().items() if isinstance(v, int)}
+        lost = sum(_sum_percpu(bpf, m) for p in packs for m in p.buffers.values())
+        text = ", ".join(f"{k} {v}" for k, v in counts.items())
+        print(f"\r[record] {text}, lost {lost}   ", end="", file=sys.stderr, flush=True)
+
+    def _finish(self, bpf, ctx: RecordingContext, packs, report, t_start) -> RecordingSummary:
+        reason = self._stop_reason or "error"
+        if self.verbose:
+            print(file=sys.stderr)
+        try:
+            bpf.ring_buffer_consume()  # drain what is already in the buffers
+        except Exception:
+            pass
+        lost = {buf: _sum_percpu(bpf, m) for p in packs for buf, m in p.buffers.items()}
+        events: dict[str, int] = {}
+        for p in packs:
+            try:
+                p.finish(bpf, ctx)
+            except Exception as exc:  # one pack's failure must not cost the trace
+                self._log(f"pack {p.name} failed to finish: {exc}")
+            events.update({k: v for k, v in p.metadata().items() if isinstance(v, int)})
+        t_end = time.monotonic_ns()
+        stats = {"stop_reason": reason, "lost_events": sum(lost.values()), "duration_ns": t_end - t_start,
+                 **{f"lost_events.{k}": v for k, v in lost.items()}, **{f"events.{k}": v for k, v in events.items()}}
+        ctx.writer.instant(ctx.process_track, t_end, "prismkit.stats", "metadata", stats)
+        ctx.writer.close()
+        try:
+            bpf.cleanup()
+        except Exception:
+            pass
+        summary = RecordingSummary(str(self.output), (t_end - t_start) / 1e9, reason, events, lost,
+                                   report.attached, report.failed)
+        self._log(f"stopped ({reason}) after {summary.duration_s:.1f}s: "
+                  + ", ".join(f"{k} {v}" for k, v in events.items())
+                  + f"; lost events {sum(lost.values())}; trace: {self.output}")
+        return summary
+
+
+def _sum_percpu(bpf, name: str) -> int:
+    try:
+        table = bpf[name]
+        return int(sum(table.sum(k).value for k in table.keys()))
+    except Exception:
+        return 0
+
+
+def _build_id(target: TargetProcess) -> str:
+    path = target.library("libllama")
+    if not path:
+        return ""
+    try:
+        from elftools.elf.elffile import ELFFile
+
+        with open(path, "rb") as f:
+            for note in ELFFile(f).get_section_by_name(".note.gnu.build-id").iter_notes():
+                if note["n_type"] == "NT_GNU_BUILD_ID":
+                    return f"{Path(path).name} build-id {note['n_desc']}"
+    except Exception:
+        pass
+    return Path(path).name
+
+
+def _version() -> str:
+    from prismkit import __version__
+
+    return __version__

@@ -1,0 +1,3 @@
+from .pack import LlamaCppPack
+
+__all__ = ["LlamaCppPack"]

@@ -1,0 +1,213 @@
+// llama.cpp probe pack: one record per llama_decode call (a batch), with its
+// workload attributes computed in the kernel, plus one record per inner stage
+// call (graph compute, sampling, tokenization, detokenization).
+//
+// x86-64 ABI detail: llama_decode(struct llama_context *, struct llama_batch)
+// takes the 56-byte llama_batch BY VALUE; the SysV ABI passes it in memory, so
+// at function entry it sits on the stack just above the return address:
+// batch = *(struct llama_batch *)(sp + 8).
+
+#define LLAMA_CHUNK 256         // tokens one tail-called program inspects (keeps the verifier happy)
+#define LLAMA_MAX_CHUNKS 32     // at most 32 tail calls: 8192 tokens; more are counted as truncated
+#define LLAMA_MAX_SEQ 64        // sequence ids tracked per batch (ids are folded modulo this)
+
+struct llama_batch_abi {        // struct llama_batch, x86-64 layout
+    s32 n_tokens;
+    s32 _pad;
+    u64 token;                  // llama_token *
+    u64 embd;                   // float *
+    u64 pos;                    // llama_pos *
+    u64 n_seq_id;               // int32_t *
+    u64 seq_id;                 // llama_seq_id **
+    u64 logits;                 // int8_t *
+};
+
+struct llama_event {
+    u64 ts_start;
+    u64 ts_end;
+    u32 tid;
+    u32 kind;                   // 0 = batch (llama_decode), else a stage id (see pack.py)
+    s32 n_tokens;
+    s32 n_seqs;
+    s32 n_prefill_tokens;
+    s32 n_decode_tokens;
+    s64 kv_tokens;              // sum over sequences of their context length after this batch
+    s32 n_outputs;
+    s32 ret;
+    u32 truncated;              // tokens beyond LLAMA_MAX_TOKENS not inspected
+    u32 seq_mask_lo;            // bit i set: sequence id i (< 32) is in the batch
+};
+
+struct llama_seq_scratch {     // per-CPU scratch: the BPF stack is only 512 bytes
+    u32 count[LLAMA_MAX_SEQ];
+    s32 maxpos[LLAMA_MAX_SEQ];
+    struct llama_batch_abi b;
+    s32 n;                      // tokens to inspect
+    s32 cursor;                 // next token index
+    struct llama_event ev;
+};
+
+BPF_RINGBUF_OUTPUT(llama_events, RINGBUF_PAGES);  // 256 pages (1 MiB) by default
+BPF_PERCPU_ARRAY(llama_scratch, struct llama_seq_scratch, 1);
+BPF_PERCPU_ARRAY(llama_lost, u64, 1);
+BPF_HASH(llama_open_batch, u32, struct llama_event, 1024);
+BPF_HASH(llama_open_stage, u64, u64, 4096);      // (tid << 8 | stage) -> entry ts
+BPF_PROG_ARRAY(llama_progs, 2);                  // 0: llama_tokens_chunk, 1: llama_batch_fold
+
+static __always_inline void llama_count_lost(void) {
+    int zero = 0;
+    u64 *lost = llama_lost.lookup(&zero);
+    if (lost) (*lost)++;
+}
+
+int llama_decode_enter(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    if ((id >> 32) != TARGET_PID) return 0;
+    u32 tid = (u32)id;
+    int zero = 0;
+    struct llama_seq_scratch *s = llama_scratch.lookup(&zero);
+    if (!s) return 0;
+    __builtin_memset(&s->ev, 0, sizeof(s->ev));
+    struct llama_event *e = &s->ev;
+    e->ts_start = bpf_ktime_get_ns();
+    e->tid = tid;
+    if (bpf_probe_read_user(&s->b, sizeof(s->b), (void *)(PT_REGS_SP(ctx) + 8)) != 0) {
+        e->n_tokens = -1;
+        llama_open_batch.update(&tid, e);
+        return 0;
+    }
+    e->n_tokens = s->b.n_tokens;
+    if (s->b.pos == 0 || s->b.seq_id == 0) {
+        // Positions/sequences left to llama.cpp (llama_batch_get_one): one sequence.
+        e->n_seqs = 1;
+        if (s->b.n_tokens > 1) e->n_prefill_tokens = s->b.n_tokens; else e->n_decode_tokens = s->b.n_tokens;
+        e->kv_tokens = -1;
+        llama_open_batch.update(&tid, e);
+        return 0;
+    }
+    #pragma clang loop unroll(disable)
+    for (int k = 0; k < LLAMA_MAX_SEQ; k++) { s->count[k] = 0; s->maxpos[k] = -1; }
+    int n = s->b.n_tokens;
+    if (n < 0) n = 0;
+    if (n > LLAMA_CHUNK * LLAMA_MAX_CHUNKS) {
+        e->truncated = n - LLAMA_CHUNK * LLAMA_MAX_CHUNKS;
+        n = LLAMA_CHUNK * LLAMA_MAX_CHUNKS;
+    }
+    s->n = n;
+    s->cursor = 0;
+    llama_progs.call(ctx, 0);
+    // Only reached if the tail call failed: record the batch without attributes.
+    llama_open_batch.update(&tid, e);
+    return 0;
+}
+
+// Tokens [cursor, cursor + LLAMA_CHUNK): read each token's position, first
+// sequence id and output flag; count tokens and the highest position per sequence.
+int llama_tokens_chunk(struct pt_regs *ctx) {
+    int zero = 0;
+    struct llama_seq_scratch *s = llama_scratch.lookup(&zero);
+    if (!s) return 0;
+    int base = s->cursor;
+    #pragma clang loop unroll(disable)
+    for (int j = 0; j < LLAMA_CHUNK; j++) {
+        int i = base + j;
+        if (i >= s->n) break;
+        s32 p = 0;
+        u64 sp = 0;
+        s32 sid = 0;
+        s8 out = 0;
+        bpf_probe_read_user(&p, sizeof(p), (void *)(s->b.pos + 4 * (u64)i));
+        bpf_probe_read_user(&sp, sizeof(sp), (void *)(s->b.seq_id + 8 * (u64)i));
+        bpf_probe_read_user(&sid, sizeof(sid), (void *)sp);
+        if (s->b.logits) {
+            bpf_probe_read_user(&out, sizeof(out), (void *)(s->b.logits + (u64)i));
+            if (out) s->ev.n_outputs += 1;
+        }
+        u32 k = ((u32)sid) & (LLAMA_MAX_SEQ - 1);
+        s->count[k] += 1;
+        if (p > s->maxpos[k]) s->maxpos[k] = p;
+    }
+    s->cursor = base + LLAMA_CHUNK;
+    if (s->cursor < s->n)
+        llama_progs.call(ctx, 0);
+    llama_progs.call(ctx, 1);
+    return 0;
+}
+
+// Fold the per-sequence counts into the batch attributes and park the batch
+// until llama_decode returns.
+int llama_batch_fold(struct pt_regs *ctx) {
+    int zero = 0;
+    struct llama_seq_scratch *s = llama_scratch.lookup(&zero);
+    if (!s) return 0;
+    struct llama_event *e = &s->ev;
+    #pragma clang loop unroll(disable)
+    for (int k = 0; k < LLAMA_MAX_SEQ; k++) {
+        u32 c = s->count[k];
+        if (c == 0) continue;
+        e->n_seqs += 1;
+        if (c == 1) e->n_decode_tokens += 1; else e->n_prefill_tokens += c;
+        e->kv_tokens += (s64)s->maxpos[k] + 1;
+        if (k < 32) e->seq_mask_lo |= (1u << k);
+    }
+    u32 tid = e->tid;
+    llama_open_batch.update(&tid, e);
+    return 0;
+}
+
+int llama_decode_return(struct pt_regs *ctx) {
+    u64 id = bpf_get_current_pid_tgid();
+    if ((id >> 32) != TARGET_PID) return 0;
+    u32 tid = (u32)id;
+    struct llama_event *open = llama_open_batch.lookup(&tid);
+    if (!open) return 0;
+    struct llama_event *ev = llama_events.ringbuf_reserve(sizeof(struct llama_event));
+    if (!ev) {
+        llama_count_lost();
+        llama_open_batch.delete(&tid);
+        return 0;
+    }
+    __builtin_memcpy(ev, open, sizeof(*ev));
+    ev->ts_end = bpf_ktime_get_ns();
+    ev->ret = (s32)PT_REGS_RC(ctx);
+    llama_events.ringbuf_submit(ev, 0);
+    llama_open_batch.delete(&tid);
+    return 0;
+}
+
+static __always_inline int llama_stage_enter(u32 stage) {
+    u64 id = bpf_get_current_pid_tgid();
+    if ((id >> 32) != TARGET_PID) return 0;
+    u64 key = ((id & 0xffffffff) << 8) | stage;
+    u64 ts = bpf_ktime_get_ns();
+    llama_open_stage.update(&key, &ts);
+    return 0;
+}
+
+static __always_inline int llama_stage_return(u32 stage) {
+    u64 id = bpf_get_current_pid_tgid();
+    if ((id >> 32) != TARGET_PID) return 0;
+    u64 key = ((id & 0xffffffff) << 8) | stage;
+    u64 *start = llama_open_stage.lookup(&key);
+    if (!start) return 0;
+    struct llama_event *ev = llama_events.ringbuf_reserve(sizeof(struct llama_event));
+    if (!ev) {
+        llama_count_lost();
+        llama_open_stage.delete(&key);
+        return 0;
+    }
+    __builtin_memset(ev, 0, sizeof(*ev));
+    ev->ts_start = *start;
+    ev->ts_end = bpf_ktime_get_ns();
+    ev->tid = (u32)id;
+    ev->kind = stage;
+    llama_events.ringbuf_submit(ev, 0);
+    llama_open_stage.delete(&key);
+    return 0;
+}
+
+// One entry/return pair per stage id; pack.py generates the list (LLAMA_STAGE_PROGRAMS).
+#define LLAMA_STAGE(N) \
+    int llama_stage_enter_##N(struct pt_regs *ctx) { return llama_stage_enter(N); } \
+    int llama_stage_return_##N(struct pt_regs *ctx) { return llama_stage_return(N); }
+LLAMA_STAGE_PROGRAMS

@@ -1,0 +1,184 @@
+"""llama.cpp probe pack: batches (llama_decode) and their inner stages.
+
+Which functions llama-server really calls (checked on the pinned build):
+- every engine step is one `llama_decode(ctx, batch)` in libllama;
+- graph compute: `ggml_backend_sched_graph_compute_async` in libggml-base
+  (one call per micro-batch, inside llama_decode);
+- sampling: the server's own wrapper `common_sampler_sample` in libllama-common
+  (one call per sampled sequence, after llama_decode), else `llama_sampler_sample`;
+- tokenization: `common_tokenize(const llama_vocab *, ...)` (on HTTP threads);
+- detokenization: `common_token_to_piece(const llama_vocab *, ...)` (per token);
+- `llama_synchronize` (waits for the backend after a decode with outputs).
+Newer llama.cpp servers call `llama_process` on an opaque batch instead of
+llama_decode; that build is reported as unsupported (no batch attributes).
+"""
+from __future__ import annotations
+
+import ctypes as ct
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...target import TargetProcess
+from ..base import AttachReport, ProbePack, Uprobe, attach_uprobe
+
+BATCH_KIND = 0
+# Stages that run on the engine loop thread, around or inside llama_decode.
+ENGINE_LOOP_STAGES = {"graph_compute", "sample", "detokenize", "synchronize"}
+STAGES = {  # stage id -> (stage name, probe spec)
+    1: ("graph_compute", Uprobe("graph_compute", "libggml-base", ("ggml_backend_sched_graph_compute_async",))),
+    2: ("sample", Uprobe("sample", "libllama-common",
+                         (r"_Z21common_sampler_sampleP14common_samplerP13llama_contextib",
+                          r"_Z21common_sampler_sample.*"))),
+    3: ("tokenize", Uprobe("tokenize", "libllama-common", (r"_Z15common_tokenizePK11llama_vocab.*",))),
+    4: ("detokenize", Uprobe("detokenize", "libllama-common", (r"_Z21common_token_to_piece.*PK11llama_vocab.*",))),
+    5: ("synchronize", Uprobe("synchronize", "libllama", ("llama_synchronize",))),
+}
+# Where the server binary links the common helpers statically, look in the executable.
+FALLBACK_LIBRARY = {"libllama-common": "exe"}
+FALLBACK_SYMBOLS = {2: ("libllama", ("llama_sampler_sample",)), 3: ("libllama", ("llama_tokenize",)),
+                    4: ("libllama", ("llama_token_to_piece",))}
+
+DECODE = Uprobe("llama_decode", "libllama", ("llama_decode",), entry="llama_decode_enter",
+                ret="llama_decode_return", reads=("sp",))
+
+
+class LlamaEvent(ct.Structure):
+    _fields_ = [
+        ("ts_start", ct.c_uint64), ("ts_end", ct.c_uint64), ("tid", ct.c_uint32), ("kind", ct.c_uint32),
+        ("n_tokens", ct.c_int32), ("n_seqs", ct.c_int32), ("n_prefill_tokens", ct.c_int32),
+        ("n_decode_tokens", ct.c_int32), ("kv_tokens", ct.c_int64), ("n_outputs", ct.c_int32),
+        ("ret", ct.c_int32), ("truncated", ct.c_uint32), ("seq_mask_lo", ct.c_uint32),
+    ]
+
+
+@dataclass
+class _Stage:
+    ts: int
+    dur: int
+    name: str
+
+
+def phase_of(n_prefill: int, n_decode: int) -> str:
+    if n_prefill and n_decode:
+        return "mixed"
+    return "prefill" if n_prefill else "decode"
+
+
+class LlamaCppPack(ProbePack):
+    name = "llama_cpp"
+    engine = True  # an engine pack: recording needs at least one that applies
+    library_hint = "libllama"
+    bpf_file = Path(__file__).with_name("llama_cpp.bpf.c")
+    buffers = {"llama_events": "llama_lost"}
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.stage_counts: dict[str, int] = {}
+        self._pending: dict[int, list[_Stage]] = {}  # tid -> stage slices not yet written
+        self._decode_tids: set[int] = set()
+        self._ctx = None
+        self._n_tokens_track = self._kv_track = None
+
+    def applies_to(self, target: TargetProcess) -> bool:
+        return target.library("libllama") is not None
+
+    def bpf_text(self, target: TargetProcess, options: dict) -> str:
+        programs = " ".join(f"LLAMA_STAGE({n})" for n in STAGES)
+        return self.bpf_file.read_text().replace("LLAMA_STAGE_PROGRAMS", programs)
+
+    def attach(self, bpf, target: TargetProcess, report: AttachReport) -> None:
+        from bcc import BPF
+
+        progs = bpf["llama_progs"]
+        for slot, fn in enumerate(("llama_tokens_chunk", "llama_batch_fold")):
+            progs[ct.c_int(slot)] = ct.c_int(bpf.load_func(fn, BPF.KPROBE).fd)
+        if not attach_uprobe(bpf, target, DECODE, report):
+            from prismkit.errors import PrismError
+            why = report.failed[-1][1]
+            lib = target.library("libllama") or "libllama"
+            from ...elf import find_symbol
+            if find_symbol(lib, "llama_process"):
+                why += " (this llama.cpp calls llama_process with an opaque batch: not supported yet)"
+            raise PrismError(f"cannot probe llama_decode: {why}")
+        for stage_id, (stage, spec) in STAGES.items():
+            probe = Uprobe(stage, spec.library, spec.symbols, entry=f"llama_stage_enter_{stage_id}",
+                           ret=f"llama_stage_return_{stage_id}")
+            sub = AttachReport()
+            ok = attach_uprobe(bpf, target, probe, sub)
+            if not ok and spec.library in FALLBACK_LIBRARY:
+                sub = AttachReport()
+                ok = attach_uprobe(bpf, target, Uprobe(stage, FALLBACK_LIBRARY[spec.library], spec.symbols,
+                                                       probe.entry, probe.ret), sub)
+            if not ok and stage_id in FALLBACK_SYMBOLS:
+                lib, syms = FALLBACK_SYMBOLS[stage_id]
+                sub = AttachReport()
+                ok = attach_uprobe(bpf, target, Uprobe(stage, lib, syms, probe.entry, probe.ret), sub)
+            report.attached += sub.attached
+            report.failed += sub.failed
+
+    def start(self, bpf, ctx) -> None:
+        self._ctx = ctx
+        self._n_tokens_track = ctx.writer.counter_track("batch.n_tokens", ctx.process_track, "tokens")
+        self._kv_track = ctx.writer.counter_track("batch.kv_tokens", ctx.process_track, "tokens")
+        bpf["llama_events"].open_ring_buffer(self._on_event)
+
+    def _on_event(self, _cpu, data, _size) -> None:
+        ev = ct.cast(data, ct.POINTER(LlamaEvent)).contents
+        if ev.kind == BATCH_KIND:
+            self._write_batch(ev)
+        else:
+            name = STAGES.get(ev.kind, (f"stage{ev.kind}",))[0]
+            self.stage_counts[name] = self.stage_counts.get(name, 0) + 1
+            if ev.tid not in self._decode_tids and name not in ENGINE_LOOP_STAGES:
+                # e.g. tokenization on an HTTP thread: no batch can enclose it, write it now
+                self._ctx.writer.slice(self._ctx.thread_track(ev.tid), ev.ts_start, ev.ts_end - ev.ts_start,
+                                       name, "stage")
+                return
+            # On a decoding thread a stage may be the child of a batch not yet seen: hold it
+            # until that batch arrives so the track's events stay in time order.
+            self._pending.setdefault(ev.tid, []).append(_Stage(ev.ts_start, ev.ts_end - ev.ts_start, name))
+
+    def _write_batch(self, ev: LlamaEvent) -> None:
+        ctx = self._ctx
+        w = ctx.writer
+        track = ctx.thread_track(ev.tid)
+        self._decode_tids.add(ev.tid)
+        self._flush_stages(ev.tid, upto=ev.ts_start)  # stages that ended before this batch began
+        self.batches += 1
+        args = {
+            "batch_id": self.batches, "n_tokens": ev.n_tokens, "n_seqs": ev.n_seqs,
+            "n_prefill_tokens": ev.n_prefill_tokens, "n_decode_tokens": ev.n_decode_tokens,
+            "kv_tokens": ev.kv_tokens, "n_outputs": ev.n_outputs,
+            "phase": phase_of(ev.n_prefill_tokens, ev.n_decode_tokens), "seq_mask": ev.seq_mask_lo,
+        }
+        if ev.truncated:
+            args["truncated_tokens"] = ev.truncated
+        w.begin(track, ev.ts_start, "llama_decode", "batch", args)
+        inside = [s for s in self._pending.get(ev.tid, []) if s.ts >= ev.ts_start and s.ts + s.dur <= ev.ts_end]
+        for s in inside:
+            w.slice(track, s.ts, s.dur, s.name, "stage")
+        self._pending[ev.tid] = [s for s in self._pending.get(ev.tid, []) if s not in inside]
+        w.end(track, ev.ts_end, {"ret": ev.ret})
+        w.counter(self._n_tokens_track, ev.ts_start, ev.n_tokens)
+        if ev.kv_tokens >= 0:
+            w.counter(self._kv_track, ev.ts_start, ev.kv_tokens)
+
+    def _flush_stages(self, tid: int, upto: int | None) -> None:
+        pending = self._pending.get(tid)
+        if not pending:
+            return
+        keep = []
+        track = self._ctx.thread_track(tid)
+        for s in sorted(pending, key=lambda s: s.ts):
+            if upto is None or s.ts + s.dur <= upto:
+                self._ctx.writer.slice(track, s.ts, s.dur, s.name, "stage")
+            else:
+                keep.append(s)
+        self._pending[tid] = keep
+
+    def finish(self, bpf, ctx) -> None:
+        for tid in list(self._pending):
+            self._flush_stages(tid, upto=None)
+
+    def metadata(self) -> dict:
+        return {"batches": self.batches, **{f"stage.{k}": v for k, v in self.stage_counts.items()}}

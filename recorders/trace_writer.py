@@ -1,0 +1,231 @@
+"""Streaming Perfetto TrackEvent writer (the format is in docs/trace-format.md).
+
+Each packet is framed and written as soon as it is built, so memory stays flat
+in hour-long recordings and a trace cut at any point is valid up to its last
+complete packet. Names, categories and annotation names are interned.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, BinaryIO, Iterable
+
+from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import (
+    BuiltinClock,
+    ClockSnapshot,
+    TracePacket,
+    TrackEvent,
+)
+
+SEQ_INCREMENTAL_STATE_CLEARED = 1
+SEQ_NEEDS_INCREMENTAL_STATE = 2
+CLOCK_MONOTONIC = BuiltinClock.BUILTIN_CLOCK_MONOTONIC
+SEQUENCE_ID = 1
+
+Args = dict[str, Any]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+class TraceWriter:
+    """Write tracks, slices, instants and counters to a .pftrace file, packet by packet.
+
+    Thread-safe: packs call it from the engine's polling thread, samplers from theirs.
+    """
+
+    def __init__(self, path: str | os.PathLike, flush_interval_s: float = 0.1) -> None:
+        self.path = str(path)
+        self._f: BinaryIO = open(self.path, "wb")
+        self._lock = threading.Lock()
+        self._next_uuid = 1
+        self._names: dict[str, int] = {}
+        self._cats: dict[str, int] = {}
+        self._ann: dict[str, int] = {}
+        self._first = True
+        self._flush_interval = flush_interval_s
+        self._last_flush = time.monotonic()
+        self.packets = 0
+        self._write_clock_snapshot()
+
+    # -- low level -----------------------------------------------------------
+    def _emit(self, pkt: TracePacket) -> None:
+        pkt.trusted_packet_sequence_id = SEQUENCE_ID
+        if self._first:
+            pkt.first_packet_on_sequence = True
+            pkt.sequence_flags = SEQ_INCREMENTAL_STATE_CLEARED
+            pkt.trace_packet_defaults.timestamp_clock_id = CLOCK_MONOTONIC
+            self._first = False
+        elif pkt.HasField("track_event"):
+            pkt.sequence_flags = SEQ_NEEDS_INCREMENTAL_STATE
+        data = pkt.SerializeToString()
+        self._f.write(b"\x0a" + _varint(len(data)) + data)  # Trace.packet = field 1
+        self.packets += 1
+        now = time.monotonic()
+        if now - self._last_flush >= self._flush_interval:
+            self._f.flush()
+            self._last_flush = now
+
+    def _write_clock_snapshot(self) -> None:
+        pkt = TracePacket()
+        snap = pkt.clock_snapshot
+        for clock_id, clk in ((CLOCK_MONOTONIC, time.CLOCK_MONOTONIC),
+                              (BuiltinClock.BUILTIN_CLOCK_BOOTTIME, time.CLOCK_BOOTTIME),
+                              (BuiltinClock.BUILTIN_CLOCK_REALTIME, time.CLOCK_REALTIME)):
+            c = snap.clocks.add()
+            c.clock_id = clock_id
+            c.timestamp = time.clock_gettime_ns(clk)
+        snap.primary_trace_clock = CLOCK_MONOTONIC
+        pkt.timestamp = snap.clocks[0].timestamp
+        pkt.timestamp_clock_id = CLOCK_MONOTONIC
+        self._emit(pkt)
+
+    def _intern(self, table: dict[str, int], key: str, pkt: TracePacket, kind: str) -> int:
+        iid = table.get(key)
+        if iid is None:
+            iid = table[key] = len(table) + 1
+            entry = getattr(pkt.interned_data, kind).add()
+            entry.iid = iid
+            entry.name = key
+        return iid
+
+    def _event(self, ts: int, track_uuid: int, type_: int, name: str | None, category: str | None,
+               args: Args | None = None, flow_ids: Iterable[int] = (),
+               terminating_flow_ids: Iterable[int] = ()) -> TracePacket:
+        pkt = TracePacket()
+        pkt.timestamp = int(ts)
+        ev = pkt.track_event
+        ev.type = type_
+        ev.track_uuid = track_uuid
+        if name is not None:
+            ev.name_iid = self._intern(self._names, name, pkt, "event_names")
+        if category is not None:
+            ev.category_iids.append(self._intern(self._cats, category, pkt, "event_categories"))
+        if args:
+            for key, value in args.items():
+                if value is None:
+                    continue
+                ann = ev.debug_annotations.add()
+                ann.name_iid = self._intern(self._ann, key, pkt, "debug_annotation_names")
+                if isinstance(value, bool):
+                    ann.bool_value = value
+                elif isinstance(value, int):
+                    ann.int_value = value
+                elif isinstance(value, float):
+                    ann.double_value = value
+                else:
+                    ann.string_value = str(value)
+        ev.flow_ids.extend(flow_ids)
+        ev.terminating_flow_ids.extend(terminating_flow_ids)
+        return pkt
+
+    # -- tracks --------------------------------------------------------------
+    def _new_uuid(self) -> int:
+        uuid = self._next_uuid
+        self._next_uuid += 1
+        return uuid
+
+    def process_track(self, pid: int, name: str, cmdline: list[str] | None = None) -> int:
+        with self._lock:
+            uuid = self._new_uuid()
+            pkt = TracePacket()
+            pkt.track_descriptor.uuid = uuid
+            proc = pkt.track_descriptor.process
+            proc.pid = pid
+            proc.process_name = name
+            if cmdline:
+                proc.cmdline.extend(cmdline)
+            self._emit(pkt)
+            return uuid
+
+    def thread_track(self, pid: int, tid: int, name: str) -> int:
+        with self._lock:
+            uuid = self._new_uuid()
+            pkt = TracePacket()
+            pkt.track_descriptor.uuid = uuid
+            th = pkt.track_descriptor.thread
+            th.pid = pid
+            th.tid = tid
+            th.thread_name = name
+            self._emit(pkt)
+            return uuid
+
+    def named_track(self, name: str, parent_uuid: int | None = None) -> int:
+        with self._lock:
+            uuid = self._new_uuid()
+            pkt = TracePacket()
+            pkt.track_descriptor.uuid = uuid
+            pkt.track_descriptor.name = name
+            if parent_uuid:
+                pkt.track_descriptor.parent_uuid = parent_uuid
+            self._emit(pkt)
+            return uuid
+
+    def counter_track(self, name: str, parent_uuid: int | None = None, unit_name: str | None = None) -> int:
+        with self._lock:
+            uuid = self._new_uuid()
+            pkt = TracePacket()
+            td = pkt.track_descriptor
+            td.uuid = uuid
+            td.name = name
+            if parent_uuid:
+                td.parent_uuid = parent_uuid
+            td.counter.SetInParent()
+            if unit_name:
+                td.counter.unit_name = unit_name
+            self._emit(pkt)
+            return uuid
+
+    # -- events --------------------------------------------------------------
+    def begin(self, track_uuid: int, ts: int, name: str, category: str, args: Args | None = None,
+              flow_ids: Iterable[int] = ()) -> None:
+        with self._lock:
+            self._emit(self._event(ts, track_uuid, TrackEvent.TYPE_SLICE_BEGIN, name, category, args, flow_ids))
+
+    def end(self, track_uuid: int, ts: int, args: Args | None = None) -> None:
+        with self._lock:
+            self._emit(self._event(ts, track_uuid, TrackEvent.TYPE_SLICE_END, None, None, args))
+
+    def slice(self, track_uuid: int, ts: int, dur: int, name: str, category: str,
+              args: Args | None = None, end_args: Args | None = None, flow_ids: Iterable[int] = (),
+              terminating_flow_ids: Iterable[int] = ()) -> None:
+        with self._lock:
+            self._emit(self._event(ts, track_uuid, TrackEvent.TYPE_SLICE_BEGIN, name, category, args,
+                                   flow_ids, terminating_flow_ids))
+            self._emit(self._event(ts + max(int(dur), 0), track_uuid, TrackEvent.TYPE_SLICE_END,
+                                   None, None, end_args))
+
+    def instant(self, track_uuid: int, ts: int, name: str, category: str, args: Args | None = None,
+                flow_ids: Iterable[int] = ()) -> None:
+        with self._lock:
+            self._emit(self._event(ts, track_uuid, TrackEvent.TYPE_INSTANT, name, category, args, flow_ids))
+
+    def counter(self, track_uuid: int, ts: int, value: float) -> None:
+        with self._lock:
+            pkt = self._event(ts, track_uuid, TrackEvent.TYPE_COUNTER, None, None)
+            if isinstance(value, int):
+                pkt.track_event.counter_value = value
+            else:
+                pkt.track_event.double_counter_value = float(value)
+            self._emit(pkt)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._f.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._f.closed:
+                self._f.flush()
+                os.fsync(self._f.fileno())
+                self._f.close()
