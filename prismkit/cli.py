@@ -129,6 +129,38 @@ def _cmd_load(args: argparse.Namespace) -> int:
     return 130 if res.interrupted else (0 if n_ok == len(df) else 1)
 
 
+def _add_record(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("record", help="attach to a live server by PID and record a Perfetto trace")
+    p.add_argument("--pid", type=int, default=None, help="server PID (default: the server `prism target start` started)")
+    p.add_argument("--duration", type=float, default=None, help="seconds to record (default: until Ctrl-C or the target exits)")
+    p.add_argument("-o", "--output", type=Path, default=Path("out/trace.pftrace"))
+    p.add_argument("--ringbuf-pages", type=int, default=256, help="ring buffer size per pack, in pages (power of two)")
+    p.add_argument("--poll-ms", type=int, default=50, help="how often the ring buffers are drained")
+    p.add_argument("--sample-ms", type=int, default=200, help="period of the CPU/memory/pressure counters")
+    p.add_argument("--capture-paths", action="store_true",
+                   help="also record each request's HTTP path (off by default: sizes and timings only)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from recorders.engine import Recorder
+
+    pid = args.pid
+    if pid is None:
+        from .target.server import LlamaServer
+
+        info = LlamaServer().load_state()
+        if info is None:
+            raise PrismError("no --pid given and no server started by `prism target start`")
+        pid = info.pid
+    rec = Recorder(pid, args.output, duration_s=args.duration, sample_interval_s=args.sample_ms / 1000,
+                   ringbuf_pages=args.ringbuf_pages, poll_interval_ms=args.poll_ms,
+                   capture_paths=args.capture_paths, verbose=not args.quiet)
+    summary = rec.run()
+    print(f"trace: {summary.path}  (open it in https://ui.perfetto.dev)")
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job end to end: server, load, record, analyse")
     p.add_argument("--model", default="demo")
@@ -144,7 +176,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"target": (_add_target, _cmd_target), "load": (_add_load, _cmd_load),
-            "demo": (_add_demo, _cmd_demo)}
+            "record": (_add_record, _cmd_record), "demo": (_add_demo, _cmd_demo)}
 
 
 def build_parser() -> argparse.ArgumentParser:
