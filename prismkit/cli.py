@@ -143,6 +143,9 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
+    from .preflight import check_root
+
+    check_root()  # before anything heavy: the first thing a non-root user should hear
     from recorders.engine import Recorder
 
     pid = args.pid

@@ -84,6 +84,10 @@ class Recorder:
         self.verbose = verbose
         self._stop_reason: str | None = None
         self._stop_event = threading.Event()
+        self.ready = threading.Event()  # set once probes are attached and events flow
+        self.summary: RecordingSummary | None = None
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
 
     def _log(self, msg: str) -> None:
         if self.verbose:
@@ -94,6 +98,35 @@ class Recorder:
         if self._stop_reason is None:
             self._stop_reason = reason
         self._stop_event.set()
+
+    def start_background(self, timeout: float = 60.0) -> "Recorder":
+        """Run the recording in a thread; return once it is attached (or raise its error)."""
+
+        def target() -> None:
+            try:
+                self.summary = self.run()
+            except BaseException as exc:  # handed to the caller of start_background/join
+                self.error = exc
+                self.ready.set()
+
+        self._thread = threading.Thread(target=target, name="prism-recorder", daemon=True)
+        self._thread.start()
+        if not self.ready.wait(timeout):
+            self.stop("timeout")
+            raise PrismError(f"recorder did not attach within {timeout:.0f}s")
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def join(self, timeout: float | None = None) -> RecordingSummary:
+        """Stop a background recording and return its summary."""
+        self.stop("requested")
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        assert self.summary is not None
+        return self.summary
 
     def _compile(self, target: TargetProcess, packs: list[ProbePack]):
         from bcc import BPF
@@ -151,6 +184,7 @@ class Recorder:
         })
         for p in packs:
             p.start(bpf, ctx)
+        self.ready.set()
 
         old_handlers = {}
         if threading.current_thread() is threading.main_thread():

@@ -1,0 +1,194 @@
+"""The recorder against the real llama.cpp server, with real eBPF probes."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from prismkit.load import closed_loop, parse_length_dist, run_load
+from prismkit.target.server import LlamaServer, http_get
+from prismkit.trace import load_trace
+from recorders.engine import Recorder
+
+from conftest import REPO, free_port, require
+
+PRISM = str(REPO / ".venv" / "bin" / "prism")
+pytestmark = [pytest.mark.server, pytest.mark.bpf]
+
+
+def server_counters(url: str) -> dict[str, float]:
+    _, body = http_get(f"{url}/metrics")
+    out = {}
+    for fam in text_string_to_metric_families(body.decode()):
+        for sample in fam.samples:
+            out[sample.name.split(":")[-1]] = sample.value
+    return out
+
+
+def small_load(url: str, n: int = 24, prompt: str = "uniform:8:200", output: str = "uniform:4:40", seed: int = 1):
+    specs = closed_loop(n, parse_length_dist(prompt), parse_length_dist(output), seed=seed)
+    return run_load(url, specs, concurrency=4, progress=False).frame()
+
+
+def test_every_decode_is_a_batch_with_exact_token_counts(server, bpf_ok, tmp_path):
+    out = tmp_path / "t.pftrace"
+    rec = Recorder(server.pid, out, verbose=False).start_background()
+    before = server_counters(server.url)
+    client = small_load(server.url)
+    after = server_counters(server.url)
+    summary = rec.join()
+    assert summary.stop_reason == "requested"
+    assert (client["status"] == "ok").all()
+
+    trace = load_trace(out)
+    b = trace.batches
+    n_decode = after["n_decode_total"] - before["n_decode_total"]
+    assert n_decode > 0
+    assert len(b) == n_decode, "every llama_decode call is one batch"
+    # Prompt tokens: server's counter, load generator's, and the recorder's prefill tokens agree.
+    server_prompt = after["prompt_tokens_total"] - before["prompt_tokens_total"]
+    assert b["n_prefill_tokens"].sum() == server_prompt == client["prompt_tokens"].sum()
+    # Generated tokens: one per sampled output.
+    server_gen = after["tokens_predicted_total"] - before["tokens_predicted_total"]
+    assert b["n_outputs"].sum() == server_gen == client["output_tokens"].sum()
+    # Each request decodes (output - 1) tokens after its prefill produced the first.
+    assert b["n_decode_tokens"].sum() == (client["output_tokens"] - 1).sum()
+    assert (b["n_tokens"] == b["n_prefill_tokens"] + b["n_decode_tokens"]).all()
+    assert b["n_seqs"].between(1, 4).all()
+    assert set(b["phase"]) <= {"prefill", "decode", "mixed"}
+    assert (b["kv_tokens"] >= b["n_tokens"]).all()
+    assert (b["dur"] > 0).all()
+    # Inner stages nest inside batches.
+    stages = trace.slices[trace.slices["category"] == "stage"]
+    gc = stages[stages["name"] == "graph_compute"]
+    assert len(gc) >= len(b)
+    assert (gc["depth"] == 1).all()
+    assert {"sample", "detokenize"} <= set(stages["name"])
+    assert trace.metadata["lost_events"] == 0
+
+
+def _record_cli(pid: int, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([PRISM, "record", "--pid", str(pid), "-o", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_attach(proc: subprocess.Popen, out: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if out.exists() and out.stat().st_size > 0:
+            time.sleep(0.3)
+            return
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.1)
+    raise AssertionError("recorder did not start writing")
+
+
+@pytest.mark.parametrize("sig,reason", [(signal.SIGINT, "sigint"), (signal.SIGTERM, "sigterm")])
+def test_signal_leaves_valid_trace(server, bpf_ok, tmp_path, sig, reason):
+    out = tmp_path / "sig.pftrace"
+    proc = _record_cli(server.pid, out)
+    _wait_for_attach(proc, out)
+    small_load(server.url, n=8)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    trace = load_trace(out)
+    assert trace.metadata["stop_reason"] == reason
+    assert len(trace.batches) > 0
+    assert trace.metadata["lost_events"] == 0
+
+
+def test_target_exit_leaves_valid_trace(bpf_ok, tmp_path):
+    from prismkit.target.build import server_binary
+
+    require(server_binary().exists(), "llama-server is not built")
+    srv = LlamaServer(model="tiny", port=free_port(), name=f"exit-{os.getpid()}")
+    info = srv.start()
+    out = tmp_path / "exit.pftrace"
+    rec = Recorder(info.pid, out, verbose=False).start_background()
+    small_load(info.url, n=8)
+    srv.stop()
+    rec._thread.join(timeout=30)
+    assert rec.summary is not None and rec.summary.stop_reason == "target_exit"
+    trace = load_trace(out)
+    assert trace.metadata["stop_reason"] == "target_exit"
+    assert len(trace.batches) > 0
+
+
+def test_full_buffer_counts_lost_events(server, bpf_ok, tmp_path):
+    out = tmp_path / "lost.pftrace"
+    # One page of ring buffer drained once a second: the load overflows it.
+    rec = Recorder(server.pid, out, ringbuf_pages=1, poll_interval_ms=1500, verbose=False).start_background()
+    before = server_counters(server.url)
+    small_load(server.url, n=40, prompt="fixed:16", output="fixed:32")
+    after = server_counters(server.url)
+    summary = rec.join()
+    n_decode = after["n_decode_total"] - before["n_decode_total"]
+    trace = load_trace(out)
+    lost = trace.metadata["lost_events"]
+    assert lost > 0
+    assert lost == summary.lost["llama_events"]
+    assert len(trace.batches) < n_decode
+    # What was lost is accounted for: recorded batches plus lost events cover every decode.
+    assert len(trace.batches) + lost >= n_decode
+
+
+def _cli_error(*args: str, **kw) -> str:
+    proc = subprocess.run([PRISM, *args], capture_output=True, text=True, timeout=60, **kw)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_error_no_such_pid(tmp_path):
+    assert "no such process" in _cli_error("record", "--pid", "999999", "-o", str(tmp_path / "x.pftrace"))
+
+
+def test_error_pid_without_engine(bpf_ok, tmp_path):
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        msg = _cli_error("record", "--pid", str(proc.pid), "-o", str(tmp_path / "x.pftrace"))
+        assert "no known engine library" in msg and "libllama" in msg
+    finally:
+        proc.kill()
+
+
+def test_error_not_root(tmp_path):
+    require(os.geteuid() == 0, "needs root to drop to another user")
+    require(Path("/usr/bin/setpriv").exists(), "setpriv (util-linux) is missing")
+    # The venv's interpreter lives under /root, out of an unprivileged user's reach:
+    # run the same CLI module with Debian's python3 (the root check comes first).
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           "/usr/bin/python3", "-m", "prismkit.cli", "record", "--pid", "1", "-o", "/tmp/x.pftrace"],
+                          capture_output=True, text=True, timeout=60, cwd=str(REPO),
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "needs root" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_error_symbol_missing_in_build(bpf_ok, tmp_path):
+    """A process that maps a libllama without llama_decode: one clear line, no trace of a crash."""
+    (tmp_path / "lib.c").write_text("int llama_backend_init_fake(void) { return 42; }\n")
+    (tmp_path / "main.c").write_text(
+        "#include <unistd.h>\nint llama_backend_init_fake(void);\n"
+        "int main(void) { if (llama_backend_init_fake() != 42) return 1; sleep(60); return 0; }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libllama.so"), str(tmp_path / "lib.c")], check=True)
+    subprocess.run(["gcc", "-o", str(tmp_path / "fake-server"), str(tmp_path / "main.c"), f"-L{tmp_path}", "-lllama",
+                    f"-Wl,-rpath,{tmp_path}"], check=True)
+    proc = subprocess.Popen([str(tmp_path / "fake-server")])
+    try:
+        time.sleep(0.3)
+        msg = _cli_error("record", "--pid", str(proc.pid), "-o", str(tmp_path / "x.pftrace"))
+        assert "llama_decode" in msg and "not found" in msg
+    finally:
+        proc.kill()
