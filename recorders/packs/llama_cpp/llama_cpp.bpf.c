@@ -34,8 +34,10 @@ struct llama_event {
     s64 kv_tokens;              // sum over sequences of their context length after this batch
     s32 n_outputs;
     s32 ret;
-    u32 truncated;              // tokens beyond LLAMA_MAX_TOKENS not inspected
+    u32 truncated;              // tokens beyond the inspected maximum
     u32 seq_mask_lo;            // bit i set: sequence id i (< 32) is in the batch
+    u32 prefill_mask_lo;        // bit i set: sequence id i (< 32) brings more than one token
+    u32 _pad;
 };
 
 struct llama_seq_scratch {     // per-CPU scratch: the BPF stack is only 512 bytes
@@ -149,6 +151,7 @@ int llama_batch_fold(struct pt_regs *ctx) {
         if (c == 1) e->n_decode_tokens += 1; else e->n_prefill_tokens += c;
         e->kv_tokens += (s64)s->maxpos[k] + 1;
         if (k < 32) e->seq_mask_lo |= (1u << k);
+        if (k < 32 && c > 1) e->prefill_mask_lo |= (1u << k);
     }
     u32 tid = e->tid;
     llama_open_batch.update(&tid, e);

@@ -48,6 +48,7 @@ class LlamaEvent(ct.Structure):
         ("n_tokens", ct.c_int32), ("n_seqs", ct.c_int32), ("n_prefill_tokens", ct.c_int32),
         ("n_decode_tokens", ct.c_int32), ("kv_tokens", ct.c_int64), ("n_outputs", ct.c_int32),
         ("ret", ct.c_int32), ("truncated", ct.c_uint32), ("seq_mask_lo", ct.c_uint32),
+        ("prefill_mask_lo", ct.c_uint32), ("_pad", ct.c_uint32),
     ]
 
 
@@ -150,6 +151,7 @@ class LlamaCppPack(ProbePack):
             "n_prefill_tokens": ev.n_prefill_tokens, "n_decode_tokens": ev.n_decode_tokens,
             "kv_tokens": ev.kv_tokens, "n_outputs": ev.n_outputs,
             "phase": phase_of(ev.n_prefill_tokens, ev.n_decode_tokens), "seq_mask": ev.seq_mask_lo,
+            "prefill_mask": ev.prefill_mask_lo,
         }
         if ev.truncated:
             args["truncated_tokens"] = ev.truncated
