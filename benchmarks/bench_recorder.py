@@ -1,0 +1,95 @@
+"""Recorder overhead and event-rate limit, measured side by side in one run.
+
+    .venv/bin/python -m benchmarks.bench_recorder [--model demo] [--pairs 4] [--seconds 20]
+
+1. Overhead: server throughput (generated tokens/s at a fixed closed-loop
+   concurrency) without (A) and with (B) the recorder attached, alternating
+   A/B/A/B; prints each run and the median B/A ratio.
+2. Event rate: the tiny model under heavy load (many short batches) with the
+   recorder at its default buffer size and with smaller ones; prints events/s
+   and lost events, and the highest rate recorded without loss.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from prismkit.load import closed_loop, parse_length_dist, run_load
+from prismkit.target.server import LlamaServer
+from recorders.engine import Recorder
+
+
+def throughput(url: str, seconds: float, concurrency: int, seed: int) -> float:
+    specs = closed_loop(100_000, parse_length_dist("fixed:64"), parse_length_dist("fixed:32"), seed=seed)
+    res = run_load(url, specs, concurrency=concurrency, duration_s=seconds, progress=False)
+    df = res.frame()
+    ok = df[df["status"] == "ok"]
+    return ok["output_tokens"].sum() / res.wall_s
+
+
+def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int) -> None:
+    srv = LlamaServer(model=model, port=port, name="bench-overhead", n_parallel=concurrency)
+    info = srv.start()
+    try:
+        throughput(info.url, 5, concurrency, seed=0)  # warm up
+        ratios = []
+        print(f"overhead: model {model}, closed loop c={concurrency}, {seconds:.0f}s per run, {pairs} A/B pairs")
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(pairs):
+                a = throughput(info.url, seconds, concurrency, seed=2 * i)
+                rec = Recorder(info.pid, Path(tmp) / f"b{i}.pftrace", verbose=False).start_background()
+                b = throughput(info.url, seconds, concurrency, seed=2 * i)
+                summary = rec.join()
+                ratios.append(b / a)
+                print(f"  pair {i + 1}: A {a:8.1f} tok/s   B (recording) {b:8.1f} tok/s   B/A {b / a:.4f}"
+                      f"   events {sum(summary.events.values())} lost {sum(summary.lost.values())}")
+        med = statistics.median(ratios)
+        print(f"median B/A throughput ratio: {med:.4f}  -> overhead {100 * (1 - med):+.2f}% (goal: under 1%)")
+    finally:
+        srv.stop()
+
+
+def event_rate(seconds: float, port: int) -> None:
+    srv = LlamaServer(model="tiny", port=port, name="bench-events", n_parallel=8)
+    info = srv.start()
+    best = 0.0
+    try:
+        throughput(info.url, 3, 8, seed=0)
+        print(f"event rate: tiny model, closed loop c=8, {seconds:.0f}s per run")
+        with tempfile.TemporaryDirectory() as tmp:
+            for pages in (256, 16, 4, 1):
+                rec = Recorder(info.pid, Path(tmp) / f"e{pages}.pftrace", ringbuf_pages=pages,
+                               verbose=False).start_background()
+                t0 = time.monotonic()
+                specs = closed_loop(100_000, parse_length_dist("fixed:8"), parse_length_dist("fixed:64"))
+                run_load(info.url, specs, concurrency=8, duration_s=seconds, progress=False)
+                summary = rec.join()
+                el = time.monotonic() - t0
+                n = sum(summary.events.values())
+                lost = sum(summary.lost.values())
+                rate = n / el
+                if lost == 0:
+                    best = max(best, rate)
+                print(f"  ring buffer {pages:4d} pages: {rate:9.0f} events/s recorded, {lost} lost")
+        print(f"highest event rate recorded without loss: {best:.0f} events/s")
+    finally:
+        srv.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="demo")
+    ap.add_argument("--pairs", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--port", type=int, default=8391)
+    args = ap.parse_args()
+    overhead(args.model, args.pairs, args.seconds, args.concurrency, args.port)
+    event_rate(min(args.seconds, 10.0), args.port + 1)
+
+
+if __name__ == "__main__":
+    main()
