@@ -164,6 +164,27 @@ def _cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="summarise a trace in the terminal and write an HTML report")
+    p.add_argument("trace", type=Path)
+    p.add_argument("-o", "--output", type=Path, default=None, help="HTML report path (default: TRACE.html)")
+    p.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO in ms")
+    p.add_argument("--slo-tpot", type=float, default=None, help="TPOT SLO in ms")
+    p.add_argument("--trace-processor", default=None, help="trace_processor_shell binary to read the trace with")
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis.report import print_summary, write_report
+    from .trace import load_trace
+
+    trace = load_trace(args.trace, trace_processor_bin=args.trace_processor)
+    print_summary(trace, args.slo_ttft, args.slo_tpot)
+    out = args.output or args.trace.with_suffix(".html")
+    write_report(trace, out, args.slo_ttft, args.slo_tpot)
+    print(f"report: {out}")
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job end to end: server, load, record, analyse")
     p.add_argument("--model", default="demo")
@@ -179,7 +200,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"target": (_add_target, _cmd_target), "load": (_add_load, _cmd_load),
-            "record": (_add_record, _cmd_record), "demo": (_add_demo, _cmd_demo)}
+            "record": (_add_record, _cmd_record), "analyze": (_add_analyze, _cmd_analyze),
+            "demo": (_add_demo, _cmd_demo)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -77,10 +77,9 @@ def run_demo(model: str = "demo", duration_s: float = 60.0, port: int = 8090, ou
 
 
 def _print_trace_summary(trace_path: Path, out_dir: Path) -> None:
-    try:
-        from .trace import load_trace
-    except ImportError:
-        return
+    from .analysis.report import write_report
+    from .trace import load_trace
+
     try:
         trace = load_trace(trace_path)
     except PrismError as err:
@@ -96,8 +95,4 @@ def _print_trace_summary(trace_path: Path, out_dir: Path) -> None:
                                       p50_ms=("dur", lambda d: d.quantile(0.5) / 1e6),
                                       p99_ms=("dur", lambda d: d.quantile(0.99) / 1e6))
     print(by_phase.round(2).to_string())
-    try:
-        from .analysis.report import write_report
-    except ImportError:
-        return
     write_report(trace, out_dir / "report.html")
