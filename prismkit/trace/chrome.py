@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._args import A_BOOL, A_DOUBLE, A_INT, A_NONE, A_OBJ, A_STR
+from ._args import A_BOOL, A_DOUBLE, A_INT, A_NONE, A_OBJ, A_STR, A_UINT
 from .reader import Stop, TrackInfo
 
 _DEC = json.JSONDecoder(parse_float=Decimal)
@@ -191,6 +191,8 @@ class _Builder:
             elif isinstance(v, int):
                 if _I64_MIN <= v <= _I64_MAX:
                     t, x = A_INT, v
+                elif 0 <= v < (1 << 64):
+                    t, x = A_UINT, v - (1 << 64)
                 else:
                     t, x = A_OBJ, len(self.objects)
                     self.objects.append(v)
