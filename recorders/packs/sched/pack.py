@@ -1,0 +1,234 @@
+"""sched pack: off-CPU intervals of the target's threads (preempted vs blocked),
+who ran instead, run-queue waits, per-thread scheduling totals, user page faults.
+
+Trace output (docs/trace-format.md):
+- slices `preempted` / `blocked` (category `sched`) on the track `sched <tid>`
+  under each thread track, args `by_pid`, `by_comm` (the task that ran next on
+  that CPU), `runq_wait_ns`, `cpu`;
+- cumulative counters per thread (on the thread track, written when they
+  change): `sched.oncpu_ns.<tid>`, `sched.preempted_ns.<tid>`,
+  `sched.blocked_ns.<tid>`, `sched.runq_wait_ns.<tid>`, `sched.nivcsw.<tid>`,
+  `faults.<tid>` (user page faults, where exceptions:page_fault_user exists);
+- cumulative counters `sched.preemptor_ns.<comm>.<pid>` (process track): time
+  that task held a CPU on which a target thread was waiting to run, for the
+  top preemptors;
+- at the end an instant `sched.summary` (category `metadata`) with the per-thread
+  totals and the top preemptors.
+
+Option (Recorder options / ctx.options): `min_offcpu_us` (default 0): off-CPU
+intervals shorter than this are counted but not written as slices, except
+preemptions by another process, which are always written.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import os
+from pathlib import Path
+
+from ...target import TargetProcess
+from ..base import AttachReport, ProbePack
+from .tracefs import tracepoint_exists, tracepoint_struct
+
+PREEMPTED, BLOCKED = 1, 2
+REASONS = {PREEMPTED: "preempted", BLOCKED: "blocked"}
+TOP_PREEMPTORS = 10
+
+_TRACEPOINTS = {  # macro -> (category, event, struct name, fields, program)
+    "SCHED_HAVE_SWITCH": ("sched", "sched_switch", "sched_switch_args",
+                          ("prev_comm", "prev_pid", "prev_state", "next_comm", "next_pid"), "sched_on_switch"),
+    "SCHED_HAVE_WAKEUP": ("sched", "sched_wakeup", "sched_wakeup_args", ("pid", "target_cpu"), "sched_on_wakeup"),
+    "SCHED_HAVE_WAKEUP_NEW": ("sched", "sched_wakeup_new", "sched_wakeup_new_args", ("pid", "target_cpu"),
+                              "sched_on_wakeup_new"),
+}
+_THREAD_TOTALS = ("oncpu_ns", "preempted_ns", "blocked_ns", "runq_ns", "nivcsw", "nvcsw", "below_threshold")
+_COUNTERS = (("oncpu_ns", "sched.oncpu_ns", "ns"), ("preempted_ns", "sched.preempted_ns", "ns"),
+             ("blocked_ns", "sched.blocked_ns", "ns"), ("runq_ns", "sched.runq_wait_ns", "ns"),
+             ("nivcsw", "sched.nivcsw", "switches"))
+
+
+class SchedEvent(ct.Structure):
+    _fields_ = [("ts_off", ct.c_uint64), ("ts_on", ct.c_uint64), ("runq_ns", ct.c_uint64),
+                ("tid", ct.c_uint32), ("by_pid", ct.c_uint32), ("cpu", ct.c_uint32), ("reason", ct.c_uint32),
+                ("by_comm", ct.c_char * 16)]
+
+
+def _comm(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+class SchedPack(ProbePack):
+    name = "sched"
+    bpf_file = Path(__file__).with_name("sched.bpf.c")
+    buffers = {"sched_events": "sched_lost"}
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.by_reason = {PREEMPTED: 0, BLOCKED: 0}
+        self._ctx = None
+        self._bpf = None
+        self._have: set[str] = set()        # macros whose tracepoint exists
+        self._faults_attached = False
+        self._sched_tracks: dict[int, int] = {}
+        self._last: dict[str, int] = {}      # counter track name -> last value written
+        self._exited: dict[int, dict] = {}   # totals of threads that exited (entries deleted in BPF)
+        self._preemptor_tracks: set[int] = set()
+        self._min_offcpu_us = 0
+
+    # -- setup ---------------------------------------------------------------
+    def bpf_text(self, target: TargetProcess, options: dict) -> str:
+        self._min_offcpu_us = int(options.get("min_offcpu_us", 0) or 0)
+        parts = [f"#define SCHED_MIN_OFFCPU_NS {self._min_offcpu_us * 1000}ULL"]
+        self._have.clear()
+        for macro, (cat, ev, struct, fields, _fn) in _TRACEPOINTS.items():
+            text = tracepoint_struct(cat, ev, struct, fields)
+            if text is None:
+                continue
+            self._have.add(macro)
+            parts += [f"#define {macro} 1", text]
+        return "\n".join(parts) + "\n" + self.bpf_file.read_text()
+
+    def attach(self, bpf, target: TargetProcess, report: AttachReport) -> None:
+        self._bpf = bpf
+        # Known threads first, so that "preempted by another process" can tell
+        # the target's own threads from the start.
+        threads = bpf[b"sched_threads"]
+        for tid in target.threads():
+            key = threads.Key(tid)
+            if key not in threads:
+                leaf = threads.Leaf()
+                leaf.verified = 1
+                threads[key] = leaf
+        for macro, (cat, ev, _struct, _fields, fn) in _TRACEPOINTS.items():
+            what = f"sched: {cat}:{ev}"
+            if macro not in self._have:
+                report.failed.append((what, f"tracepoint {cat}:{ev} not found in tracefs (or lacks the fields used)"))
+                continue
+            try:
+                bpf.attach_tracepoint(tp=f"{cat}:{ev}".encode(), fn_name=fn.encode())
+            except Exception as exc:  # bcc raises plain Exception
+                report.failed.append((what, f"attach failed: {str(exc).splitlines()[0]}"))
+                continue
+            extra = f" (off-CPU slices >= {self._min_offcpu_us} us, and all preemptions by other processes)" \
+                if macro == "SCHED_HAVE_SWITCH" and self._min_offcpu_us else ""
+            report.attached.append(f"{what} (tracepoint){extra}")
+        if not tracepoint_exists("exceptions", "page_fault_user"):
+            report.failed.append(("sched: exceptions:page_fault_user",
+                                  "tracepoint not available on this kernel/arch; page faults come from /proc only"))
+        else:
+            try:
+                bpf.attach_tracepoint(tp=b"exceptions:page_fault_user", fn_name=b"sched_on_page_fault")
+                self._faults_attached = True
+                report.attached.append("sched: exceptions:page_fault_user (tracepoint, per-thread user page faults)")
+            except Exception as exc:
+                report.failed.append(("sched: exceptions:page_fault_user",
+                                      f"attach failed: {str(exc).splitlines()[0]}"))
+
+    def start(self, bpf, ctx) -> None:
+        self._ctx = ctx
+        self._bpf = bpf
+        bpf[b"sched_events"].open_ring_buffer(self._on_event)
+
+    # -- events --------------------------------------------------------------
+    def _track(self, tid: int) -> int:
+        uuid = self._sched_tracks.get(tid)
+        if uuid is None:
+            ctx = self._ctx
+            uuid = self._sched_tracks[tid] = ctx.named_track(f"sched {tid}", parent=ctx.thread_track(tid))
+        return uuid
+
+    def _on_event(self, _cpu, data, _size) -> None:
+        ev = ct.cast(data, ct.POINTER(SchedEvent)).contents
+        self.events += 1
+        self.by_reason[ev.reason] = self.by_reason.get(ev.reason, 0) + 1
+        self._ctx.writer.slice(self._track(ev.tid), ev.ts_off, ev.ts_on - ev.ts_off,
+                               REASONS.get(ev.reason, "off_cpu"), "sched",
+                               {"by_pid": ev.by_pid, "by_comm": _comm(ev.by_comm),
+                                "runq_wait_ns": ev.runq_ns, "cpu": ev.cpu})
+
+    # -- counters ------------------------------------------------------------
+    def _counter(self, name: str, unit: str, parent: int | None, ts: int, value: int) -> None:
+        if self._last.get(name) == value:
+            return
+        self._last[name] = value
+        track = self._ctx.counter_track(name, unit, parent)
+        self._ctx.writer.counter(track, ts, int(value))
+
+    def thread_totals(self) -> dict[int, dict]:
+        """tid -> totals (ns and counts) of the target's threads seen so far."""
+        out = {tid: dict(v) for tid, v in self._exited.items()}
+        if self._bpf is None:
+            return out
+        threads = self._bpf[b"sched_threads"]
+        for k, v in threads.items():
+            if not v.verified:
+                continue
+            out[k.value] = {f: int(getattr(v, f)) for f in _THREAD_TOTALS}
+            if v.exited:
+                out[k.value]["exited"] = 1
+        if self._faults_attached:
+            for k, v in self._bpf[b"sched_faults"].items():
+                if k.value in out:
+                    out[k.value]["faults"] = int(v.value)
+        return out
+
+    def preemptors(self) -> list[dict]:
+        """Tasks that held a CPU while a target thread waited for it, most time first."""
+        if self._bpf is None:
+            return []
+        rows = [{"pid": k.value, "tgid": v.tgid, "comm": _comm(bytes(v.comm)), "ns": int(v.ns),
+                 "slices": int(v.slices), "target": v.tgid == self._ctx.target.pid if self._ctx else False}
+                for k, v in self._bpf[b"sched_preemptors"].items()]
+        rows.sort(key=lambda r: -r["ns"])
+        return rows
+
+    def sample(self, ctx, now_ns: int) -> None:
+        if self._bpf is None:
+            return
+        # The BPF side wakes the consumer only every 10 ms (see sched.bpf.c): drain
+        # what a quiet spell left in the buffer. This runs on the engine's polling
+        # thread, which is the one that runs every ring buffer callback anyway.
+        try:
+            self._bpf.ring_buffer_consume()
+        except Exception:
+            pass
+        totals = self.thread_totals()
+        for tid, tot in totals.items():
+            if tid in self._exited:
+                continue
+            parent = ctx.thread_track(tid)
+            for key, name, unit in _COUNTERS:
+                self._counter(f"{name}.{tid}", unit, parent, now_ns, tot[key])
+            if "faults" in tot:
+                self._counter(f"faults.{tid}", "faults", parent, now_ns, tot["faults"])
+            if tot.get("exited"):  # last values written: free the BPF entry
+                self._exited[tid] = tot
+                try:
+                    del self._bpf[b"sched_threads"][self._bpf[b"sched_threads"].Key(tid)]
+                except KeyError:
+                    pass
+        rows = self.preemptors()
+        self._preemptor_tracks.update(r["pid"] for r in rows[:TOP_PREEMPTORS])
+        for row in rows:
+            if row["pid"] in self._preemptor_tracks:
+                self._counter(f"sched.preemptor_ns.{row['comm']}.{row['pid']}", "ns", ctx.process_track,
+                              now_ns, row["ns"])
+
+    def finish(self, bpf, ctx) -> None:
+        import time
+
+        now = time.monotonic_ns()
+        self.sample(ctx, now)
+        args: dict = {"offcpu_events": self.events, "preempted_events": self.by_reason.get(PREEMPTED, 0),
+                      "blocked_events": self.by_reason.get(BLOCKED, 0), "min_offcpu_us": self._min_offcpu_us,
+                      # the recorder preempts the target too: name it so analysis can tell
+                      "recorder_pid": os.getpid()}
+        for tid, tot in sorted(self.thread_totals().items()):
+            for key, value in tot.items():
+                args[f"thread.{tid}.{key}"] = value
+        for i, row in enumerate(self.preemptors()[:20]):
+            for key in ("pid", "tgid", "comm", "ns", "slices", "target"):
+                args[f"preemptor.{i}.{key}"] = row[key]
+        ctx.writer.instant(ctx.process_track, now, "sched.summary", "metadata", args)
+
+    def metadata(self) -> dict:
+        return {"offcpu_events": self.events}

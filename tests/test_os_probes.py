@@ -1,0 +1,308 @@
+"""OS probe packs against the real server: sched (off-CPU intervals, preemptors),
+syscalls (per-syscall summaries), proc_counters (CPU, RSS, PSI, faults, cgroup).
+
+One recording under load with busy processes pinned to the server's CPUs is
+shared by most tests; the cgroup throttling test runs its own throttled child
+and needs no server; the attach-report test compiles the sched pack alone.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import require
+
+BUSY_COMM = "prism-busy"
+# A CPU hog with a name of its own (PR_SET_NAME = 15), so the trace can name it.
+BUSY = ("import ctypes\n"
+        f"ctypes.CDLL(None).prctl(15, b'{BUSY_COMM}', 0, 0, 0)\n"
+        "while True:\n    pass\n")
+
+
+def start_busy(cpus: list[int], per_cpu: int = 1) -> list[subprocess.Popen]:
+    procs = []
+    for cpu in cpus:
+        for _ in range(per_cpu):
+            procs.append(subprocess.Popen([sys.executable, "-c", BUSY],
+                                          preexec_fn=lambda c=cpu: os.sched_setaffinity(0, {c})))
+    return procs
+
+
+def stop_busy(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+    for p in procs:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def os_packs():
+    from recorders.packs.llama_cpp import LlamaCppPack
+    from recorders.packs.proc_counters import PACK as ProcCounters
+    from recorders.packs.sched import PACK as Sched
+    from recorders.packs.syscalls import PACK as Syscalls
+
+    return [LlamaCppPack(), Sched(), Syscalls(), ProcCounters()]
+
+
+def summary_args(trace, name: str) -> dict:
+    s = trace.slices
+    rows = s[(s["name"] == name) & (s["category"] == "metadata")]
+    assert len(rows) == 1, f"expected one {name} instant, found {len(rows)}"
+    return rows.iloc[0]["args"]
+
+
+@pytest.fixture(scope="module")
+def contended(server, bpf_ok, tmp_path_factory):
+    """Record the server under closed-loop load, with one busy process per server CPU for part of it."""
+    from prismkit.load import closed_loop, parse_length_dist, run_load
+    from prismkit.trace import load_trace
+    from recorders.engine import Recorder
+
+    out = tmp_path_factory.mktemp("os_probes") / "contended.pftrace"
+    cpus = sorted(os.sched_getaffinity(server.pid))
+    rec = Recorder(server.pid, out, packs=os_packs(), sample_interval_s=0.1, verbose=False)
+    rec.start_background()
+    busy: list[subprocess.Popen] = []
+    busy_window = (0, 0)
+    try:
+        specs = lambda n, seed: closed_loop(n, parse_length_dist("fixed:32"), parse_length_dist("fixed:32"), seed=seed)
+        run_load(server.url, specs(1000, 1), concurrency=4, duration_s=1.0, progress=False)
+        t0 = time.monotonic_ns()
+        busy = start_busy(cpus)
+        run_load(server.url, specs(1000, 2), concurrency=4, duration_s=3.0, progress=False)
+        busy_window = (t0, time.monotonic_ns())
+    finally:
+        stop_busy(busy)
+        summary = rec.join(timeout=60)
+    return {"trace": load_trace(out), "summary": summary, "busy_pids": {p.pid for p in busy},
+            "busy_window": busy_window, "cpus": cpus, "pid": server.pid}
+
+
+def test_all_os_probes_attached(contended):
+    attached = "\n".join(contended["summary"].attached)
+    for what in ("sched:sched_switch", "sched:sched_wakeup", "raw_syscalls:sys_enter", "schedstat", "/proc/pressure"):
+        assert what in attached, f"{what} not attached: {contended['summary'].failed}"
+    failed = dict(contended["summary"].failed)
+    # The only expected "failure" on an unlimited cgroup is the throttling counter, with its reason.
+    for what, why in failed.items():
+        assert why, f"{what} failed without a reason"
+
+
+def test_busy_process_preempts_server_threads_and_is_named(contended):
+    t = contended["trace"]
+    sched = t.sched
+    assert len(sched) > 0, "no off-CPU intervals recorded"
+    busy = contended["busy_pids"]
+    by_busy = sched[(sched["reason"] == "preempted") & sched["by_pid"].isin(busy)]
+    assert len(by_busy) > 0, (f"no preemption by the busy processes {busy}; preemptors seen: "
+                              f"{sched[sched.reason == 'preempted'].by_comm.value_counts().head().to_dict()}")
+    assert set(by_busy["by_comm"]) == {BUSY_COMM}
+    assert (by_busy["pid"] == contended["pid"]).all()
+    assert by_busy["dur"].sum() > 20_000_000, "busy processes took less than 20 ms from the server threads"
+    # ... inside the window where they ran
+    lo, hi = contended["busy_window"]
+    assert by_busy["ts"].min() >= lo - 50_000_000 and by_busy["ts"].max() <= hi + 2_000_000_000
+
+    # The in-kernel preemptor accounting names them too.
+    args = summary_args(t, "sched.summary")
+    pre = {args[f"preemptor.{i}.pid"]: args[f"preemptor.{i}.ns"] for i in range(20) if f"preemptor.{i}.pid" in args}
+    assert busy & set(pre), f"busy processes missing from the top preemptors {pre}"
+    assert sum(pre.get(p, 0) for p in busy) > 20_000_000
+    # and the preempted time shows in the per-thread counters
+    c = t.counters
+    pre_ns = c[c["name"].str.startswith("sched.preempted_ns.")].groupby("name")["value"].max()
+    assert pre_ns.sum() > 20_000_000
+
+
+def test_sched_slices_well_formed(contended):
+    t = contended["trace"]
+    sched = t.sched
+    assert set(sched["reason"]) <= {"preempted", "blocked"}
+    assert {"preempted", "blocked"} <= set(sched["reason"])
+    assert (sched["dur"] >= 0).all()
+    assert sched["track"].str.fullmatch(r"sched \d+").all()
+    assert (sched["track"] == "sched " + sched["tid"].astype(str)).all()
+    tids = set(int(x) for x in os.listdir(f"/proc/{contended['pid']}/task"))
+    assert set(sched["tid"].astype(int)) <= tids
+    ncpu = os.cpu_count() or 1
+    assert sched["cpu"].between(0, ncpu - 1).all()
+    pre = sched[sched["reason"] == "preempted"]
+    assert (pre["runq_wait_ns"] == pre["dur"]).all(), "a preempted interval is run-queue wait from end to end"
+    blk = sched[sched["reason"] == "blocked"]
+    assert (blk["runq_wait_ns"] <= blk["dur"]).all()
+    assert (blk["runq_wait_ns"] > 0).any(), "no wakeup-to-run wait measured for any blocked interval"
+    # time order and no overlap on each track
+    for _, g in sched.groupby("track"):
+        ts, end = g["ts"].to_numpy(), (g["ts"] + g["dur"]).to_numpy()
+        assert (np.diff(ts) > 0).all()
+        assert (ts[1:] >= end[:-1]).all(), "off-CPU intervals of one thread overlap"
+    assert t.metadata.get("lost_events.sched_events", 0) == 0
+
+
+def test_sched_totals_agree_with_schedstat(contended):
+    """On-CPU time from sched_switch agrees with the kernel's own per-thread run time (schedstat)."""
+    t = contended["trace"]
+    c = t.counters
+    args = summary_args(t, "sched.summary")
+    # busiest thread by BPF on-CPU time
+    oncpu = {int(k.split(".")[1]): v for k, v in args.items() if k.endswith(".oncpu_ns") and k.startswith("thread.")}
+    tid = max(oncpu, key=oncpu.get)
+    assert oncpu[tid] > 50_000_000
+    share = c[c["name"] == f"cpu.{tid}"].sort_values("ts")
+    assert len(share) > 10
+    dts = np.diff(share["ts"].to_numpy())
+    schedstat_ns = float((share["value"].to_numpy()[1:] * dts).sum())
+    # both cover the recording, give or take a sample interval at each end
+    assert schedstat_ns == pytest.approx(oncpu[tid], rel=0.25, abs=60_000_000)
+
+
+def test_proc_counters_sane(contended):
+    t = contended["trace"]
+    c = t.counters
+    names = set(c["name"])
+    pid = contended["pid"]
+    rss = c[c["name"] == "rss_bytes"]["value"]
+    assert len(rss) > 10 and rss.between(1 << 20, 64 << 30).all()
+    with open(f"/proc/{pid}/statm") as f:
+        now_rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    assert rss.iloc[-1] == pytest.approx(now_rss, rel=0.5)
+    for res in ("cpu", "memory", "io"):
+        if os.path.exists(f"/proc/pressure/{res}"):
+            v = c[c["name"] == f"psi.{res}.some"]["value"]
+            assert len(v) > 10 and v.between(0, 100).all()
+            assert (c[c["name"] == f"psi.{res}.some.stall_us"]["value"] >= 0).all()
+    if os.path.exists("/proc/pressure/cpu"):
+        # one busy process per CPU plus the server: CPU pressure must show
+        assert c[c["name"] == "psi.cpu.some.stall_us"]["value"].max() > 0
+    cpu = c[c["name"].str.fullmatch(r"cpu\.\d+")]
+    assert len(cpu) > 0 and cpu["value"].between(0, 1.1).all()
+    assert (cpu["tid"].notna()).all(), "cpu.<tid> must sit on the thread's track"
+    assert c[c["name"] == "cpu.total"]["value"].max() > 0.05
+    assert {"faults.minor", "faults.major"} <= names
+    assert c[c["name"] == "faults.minor"]["value"].max() > 0
+    # user page faults per thread from BPF, where the tracepoint exists
+    attached = "\n".join(contended["summary"].attached)
+    if "page_fault_user" in attached:
+        assert any(n.startswith("faults.") and n.split(".")[-1].isdigit() and n.count(".") == 1 for n in names)
+
+
+def test_syscall_summary(contended):
+    t = contended["trace"]
+    args = summary_args(t, "syscalls.summary")
+    assert args["syscalls"] > 0
+    assert args["futex.count"] > 0 and args["futex.total_ns"] > 0
+    # the HTTP server reads requests and writes responses on its sockets
+    net = [s for s in ("recvfrom", "sendto", "sendmsg", "recvmsg", "accept4", "accept") if args.get(f"{s}.count", 0) > 0]
+    assert len(net) >= 2, f"socket syscalls missing from the summary: {sorted(k for k in args if k.endswith('.count'))}"
+    for s in net:
+        assert args[f"{s}.total_ns"] > 0 and args[f"{s}.max_ns"] <= args[f"{s}.total_ns"]
+    c = t.counters
+    futex = c[c["name"] == "syscalls.futex.count"]["value"].to_numpy()
+    assert len(futex) > 1 and (np.diff(futex) >= 0).all()
+    assert futex[-1] <= args["futex.count"]
+
+
+def test_missing_tracepoint_is_reported(bpf_ok, monkeypatch):
+    """A tracepoint the kernel lacks leaves its program out and says why; the rest attaches."""
+    from bcc import BPF
+
+    import recorders.packs.sched.pack as sched_pack
+    from recorders.packs.base import AttachReport
+    from recorders.target import TargetProcess
+
+    real = sched_pack.tracepoint_struct
+    monkeypatch.setattr(sched_pack, "tracepoint_struct",
+                        lambda cat, ev, *a: None if ev == "sched_wakeup_new" else real(cat, ev, *a))
+    monkeypatch.setattr(sched_pack, "tracepoint_exists", lambda cat, ev: False)
+    pack = sched_pack.SchedPack()
+    target = TargetProcess.from_pid(os.getpid())
+    text = f"#define TARGET_PID {os.getpid()}\n#define RINGBUF_PAGES 16\n" + pack.bpf_text(target, {})
+    bpf = BPF(text=text.encode(), cflags=["-Wno-macro-redefined"])
+    try:
+        report = AttachReport()
+        pack.attach(bpf, target, report)
+    finally:
+        bpf.cleanup()
+    failed = dict(report.failed)
+    assert "not found" in failed["sched: sched:sched_wakeup_new"]
+    assert "not available" in failed["sched: exceptions:page_fault_user"]
+    assert any("sched:sched_switch" in a for a in report.attached)
+
+
+def _make_cpu_cgroup(name: str, quota_us: int, period_us: int = 100_000) -> Path | None:
+    """A CPU-limited cgroup (v1 cpu controller, else v2 with cpu enabled), or None if we cannot make one."""
+    from recorders.packs.proc_counters.pack import _mounts
+
+    for _root, mnt, fstype, opts in _mounts():
+        try:
+            if fstype == "cgroup" and "cpu" in opts.split(","):
+                d = Path(mnt) / name
+                d.mkdir(exist_ok=True)
+                (d / "cpu.cfs_period_us").write_text(str(period_us))
+                (d / "cpu.cfs_quota_us").write_text(str(quota_us))
+                return d
+            if fstype == "cgroup2" and "cpu" in (Path(mnt) / "cgroup.subtree_control").read_text().split():
+                d = Path(mnt) / name
+                d.mkdir(exist_ok=True)
+                (d / "cpu.max").write_text(f"{quota_us} {period_us}")
+                return d
+        except OSError:
+            continue
+    return None
+
+
+def test_cgroup_throttling_counter(tmp_path):
+    """proc_counters follows a CPU quota set on the target's cgroup: cgroup.throttled_ns grows."""
+    from prismkit.trace import load_trace
+    from recorders.engine import RecordingContext
+    from recorders.packs.base import AttachReport
+    from recorders.packs.proc_counters import PACK as ProcCounters
+    from recorders.target import TargetProcess
+    from recorders.trace_writer import TraceWriter
+
+    require(os.geteuid() == 0, "needs root to create a cgroup")
+    cg = _make_cpu_cgroup(f"prism-test-{os.getpid()}", quota_us=10_000)
+    if cg is None:
+        pytest.skip("no writable cgroup with the cpu controller on this host")
+    child = subprocess.Popen([sys.executable, "-c", BUSY])
+    try:
+        (cg / "cgroup.procs").write_text(str(child.pid))
+        target = TargetProcess.from_pid(child.pid)
+        pack = ProcCounters()
+        report = AttachReport()
+        pack.attach(None, target, report)
+        assert any("CPU quota 0.1 CPUs" in a for a in report.attached), report
+        writer = TraceWriter(tmp_path / "cg.pftrace")
+        ctx = RecordingContext(writer, target, writer.process_track(target.pid, target.comm, target.cmdline), {})
+        for _ in range(12):
+            pack.sample(ctx, time.monotonic_ns())
+            time.sleep(0.1)
+        writer.close()
+    finally:
+        child.kill()
+        child.wait()
+        for _ in range(50):
+            try:
+                cg.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+    c = load_trace(tmp_path / "cg.pftrace").counters
+    thr = c[c["name"] == "cgroup.throttled_ns"]["value"].to_numpy()
+    assert len(thr) >= 10 and (np.diff(thr) >= 0).all()
+    assert thr[-1] > 100_000_000, "a busy loop under a 0.1-CPU quota must be throttled most of the time"
+    assert c[c["name"] == "cgroup.nr_throttled"]["value"].max() > 0
+    assert c[c["name"] == "cgroup.quota_cpus"]["value"].iloc[0] == pytest.approx(0.1)
+    share = c[c["name"] == f"cpu.{child.pid}"]["value"]
+    assert share.mean() < 0.3, "the quota should hold the busy loop near 0.1 CPU"
