@@ -104,11 +104,15 @@ def _cmd_load(args: argparse.Namespace) -> int:
     from .load import azure_replay, closed_loop, open_loop, parse_length_dist, run_load
     from .load.runner import latency_summary
 
+    if args.requests is not None and args.requests < 1:
+        raise PrismError(f"-n/--requests must be at least 1 (got {args.requests})")
+    if args.concurrency < 1:
+        raise PrismError(f"-c/--concurrency must be at least 1 (got {args.concurrency})")
     url = _server_url(args.url)
-    prompt = parse_length_dist(args.prompt, hi=args.max_prompt or 1 << 20)
+    prompt = parse_length_dist(args.prompt, lo=2, hi=args.max_prompt or 1 << 20)
     output = parse_length_dist(args.output, hi=args.max_output or 1 << 20)
     if args.mode == "closed":
-        n = args.requests or (10_000 if args.duration else 40)
+        n = args.requests if args.requests is not None else (10_000 if args.duration else 40)
         specs = closed_loop(n, prompt, output, seed=args.seed)
     elif args.mode in ("poisson", "bursty"):
         specs = open_loop(args.rate, args.duration or 30.0, prompt, output,

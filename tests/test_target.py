@@ -352,14 +352,13 @@ def test_run_load_exact_lengths(server, tmp_path):
 
 
 @pytest.mark.server
-@pytest.mark.xfail(strict=True, reason="bug: a 1-token prompt cannot be sent (make_prompt sends one word = 2 "
-                   "tokens with BOS) yet parse_length_dist/azure_replay allow 1; the CSV then claims "
-                   "requested_prompt_tokens=1 while the server saw 2")
-def test_one_token_prompt(server):
-    res = run_load(server.url, [RequestSpec(None, 1, 4)], progress=False)
-    r = res.results[0]
-    assert r.status == "ok"
-    assert r.prompt_tokens == r.requested_prompt_tokens
+def test_one_token_prompt_is_refused_clearly(server):
+    """The bundled vocabulary needs BOS and one word: a 1-token prompt is a clear error, not a lie in the CSV."""
+    with pytest.raises(PrismError, match="at least 2 tokens"):
+        run_load(server.url, [RequestSpec(None, 1, 4)], progress=False)
+    res = run_load(server.url, [RequestSpec(None, 2, 4)], progress=False)
+    assert res.results[0].status == "ok"
+    assert res.results[0].prompt_tokens == 2
 
 
 @pytest.mark.server

@@ -17,6 +17,7 @@ import numpy as np
 from ..target.model import PROMPT_WORDS
 
 EOS_TOKEN_ID = 2
+MIN_PROMPT_TOKENS = 2  # BOS + one word: an empty prompt is an error for llama-server
 
 
 @dataclass
@@ -140,7 +141,8 @@ def _handle_event(event: bytes, now: int, result: RequestResult) -> None:
             result.prompt_tokens = int(usage.get("prompt_tokens", 0))
             result.output_tokens = int(usage.get("completion_tokens", 0))
         choices = msg.get("choices") or []
-        if choices:
+        # Token chunks only: the closing chunk (finish_reason set, no text) carries usage.
+        if choices and (choices[0].get("text") or choices[0].get("finish_reason") is None):
             result.n_chunks += 1
             result.bytes_out += len(payload)
             result.chunk_ts_ns.append(now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import PrismError
-from .client import RequestResult, completion_body, make_prompt, stream_completion
+from .client import MIN_PROMPT_TOKENS, RequestResult, completion_body, make_prompt, stream_completion
 from .workload import RequestSpec
 
 CSV_COLUMNS = [f.name for f in fields(RequestResult) if f.name != "chunk_ts_ns"]
@@ -99,6 +100,16 @@ def run_load(url: str, specs: list[RequestSpec], concurrency: int = 4, out_csv: 
         raise PrismError(f"bad server URL {url!r}: use http://HOST:PORT")
     if not specs:
         raise PrismError("the workload has no requests")
+    if concurrency < 1:
+        raise PrismError(f"concurrency must be at least 1 (got {concurrency})")
+    short = [s.prompt_tokens for s in specs if s.prompt_tokens < MIN_PROMPT_TOKENS]
+    if short:
+        raise PrismError(f"prompts need at least {MIN_PROMPT_TOKENS} tokens (BOS and one word); "
+                         f"{len(short)} requests ask for fewer")
+    try:
+        socket.create_connection((parsed.hostname, parsed.port), timeout=5).close()
+    except OSError as err:
+        raise PrismError(f"cannot connect to {url}: {err.strerror or err}") from None
     rng = np.random.default_rng(seed)
     bodies = [completion_body(make_prompt(s.prompt_tokens, rng), s.output_tokens, cache_prompt) for s in specs]
     results = [RequestResult(req_id=i, requested_prompt_tokens=s.prompt_tokens,
@@ -167,13 +178,15 @@ async def _drive(host, port, specs, bodies, results, concurrency, max_in_flight,
         drivers.append(asyncio.create_task(open_sender()))
     ticker = asyncio.create_task(_tick(prog))
     waiter = asyncio.create_task(stop.wait())
-    await asyncio.wait([waiter, asyncio.gather(*drivers)], return_when=asyncio.FIRST_COMPLETED)
+    gathers = [asyncio.gather(*drivers, return_exceptions=True)]
+    await asyncio.wait([waiter, gathers[0]], return_when=asyncio.FIRST_COMPLETED)
     if not stop.is_set() and tasks:
-        await asyncio.wait([waiter, asyncio.gather(*tasks)], return_when=asyncio.FIRST_COMPLETED)
+        gathers.append(asyncio.gather(*tasks, return_exceptions=True))
+        await asyncio.wait([waiter, gathers[1]], return_when=asyncio.FIRST_COMPLETED)
     interrupted = stop.is_set()
-    for t in [*drivers, *tasks, waiter, ticker]:
+    for t in [*drivers, *tasks, waiter, ticker, *gathers]:
         t.cancel()
-    await asyncio.gather(*drivers, *tasks, waiter, ticker, return_exceptions=True)
+    await asyncio.gather(*drivers, *tasks, waiter, ticker, *gathers, return_exceptions=True)
     return interrupted
 
 

@@ -36,6 +36,15 @@ def parse_length_dist(spec: str, lo: int = 1, hi: int = 1 << 20) -> LengthDist:
     def clip(x: float) -> int:
         return int(min(max(round(x), lo), hi))
 
+    def bad(why: str) -> PrismError:
+        return PrismError(f"bad length distribution {spec!r}: {why}")
+
+    if kind == "uniform" and len(nums) == 2 and nums[0] > nums[1]:
+        raise bad("uniform:A:B needs A <= B")
+    if kind in ("normal", "lognormal") and len(nums) == 2 and nums[1] < 0:
+        raise bad("the spread (std or sigma) must be >= 0")
+    if kind == "lognormal" and len(nums) == 2 and nums[0] <= 0:
+        raise bad("the lognormal median must be > 0")
     if kind == "fixed" and len(nums) == 1:
         return lambda rng: clip(nums[0])
     if kind == "uniform" and len(nums) == 2:
@@ -112,7 +121,8 @@ def azure_replay(path: Path, time_scale: float = 1.0, start_offset_s: float = 0.
     """Replay an Azure trace: the window [start_offset, start_offset + duration) of trace time.
 
     `time_scale` stretches time (0.5 = twice as fast); `token_scale` scales the
-    lengths so that a small server can keep up with the trace's shape.
+    lengths so that a small server can keep up with the trace's shape. Prompts
+    are at least 2 tokens (BOS and one word), outputs at least 1.
     """
     if time_scale <= 0 or token_scale <= 0:
         raise PrismError("--time-scale and --token-scale must be > 0")
@@ -127,7 +137,7 @@ def azure_replay(path: Path, time_scale: float = 1.0, start_offset_s: float = 0.
             continue
         if duration_s is not None and rel >= duration_s:
             break
-        p = max(1, round(ctx * token_scale))
+        p = max(2, round(ctx * token_scale))
         o = max(1, round(gen * token_scale))
         if max_prompt:
             p = min(p, max_prompt)

@@ -9,6 +9,7 @@ that to send prompts of exact token lengths.
 """
 from __future__ import annotations
 
+import os
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..errors import PrismError
 from ..paths import cache_dir
 
 SPIECE_SPACE = "\u2581"
+MODEL_FORMAT_VERSION = 2
 # Words the load generator builds prompts from: each is exactly one token.
 PROMPT_WORDS = list(string.ascii_lowercase)
 
@@ -107,7 +109,7 @@ def write_random_llama_gguf(path: Path, spec: ModelSpec, seed: int = 0) -> Path:
     head_dim = spec.dim // spec.n_heads
     kv_dim = spec.n_kv_heads * head_dim
     path = Path(path)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     w = gguf.GGUFWriter(str(tmp), "llama")
     w.add_name(f"prismkit-random-{spec.name}")
     w.add_context_length(spec.context_length)
@@ -163,7 +165,9 @@ def ensure_model(name: str = "tiny") -> Path:
     """Path of the cached random GGUF `name` ('tiny' or 'demo'), written on first use."""
     if name not in SPECS:
         raise PrismError(f"unknown bundled model {name!r}: choose one of {', '.join(SPECS)}")
-    path = cache_dir() / "models" / f"random-llama-{name}.gguf"
+    # The version in the name changes whenever the generator does, so a cache
+    # written by an older prismkit is never reused.
+    path = cache_dir() / "models" / f"random-llama-{name}-v{MODEL_FORMAT_VERSION}.gguf"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         spec = SPECS[name]

@@ -153,7 +153,7 @@ class LlamaServer:
             time.sleep(0.1)
         else:
             self._kill()
-            raise PrismError(f"llama-server did not become healthy within {timeout:.0f}s (log: {log_path})")
+            raise PrismError(f"llama-server did not become healthy within {timeout:g}s (log: {log_path})")
         self.info = ServerInfo(pid=self._proc.pid, port=self.port, host=self.host, model=str(model),
                                n_parallel=self.n_parallel, ctx_size=self.ctx_size, log=str(log_path),
                                cmdline=cmd)
