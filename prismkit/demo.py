@@ -37,7 +37,9 @@ def run_demo(model: str = "demo", duration_s: float = 60.0, port: int = 8090, ou
     _say(f"starting llama-server with the '{model}' model on 127.0.0.1:{port}")
     info = srv.start()
     try:
-        prompt, output = parse_length_dist("uniform:32:256"), parse_length_dist("uniform:16:64")
+        # Sized for the ~140M demo model on 2 cores: about half its capacity on average,
+        # so the bursts queue up and drain again.
+        prompt, output = parse_length_dist("uniform:16:96"), parse_length_dist("uniform:8:48")
         _say("warming up (the first requests after start are several times slower)")
         run_load(info.url, closed_loop(4, prompt, output, seed=99), concurrency=4, progress=False)
 
@@ -47,8 +49,8 @@ def run_demo(model: str = "demo", duration_s: float = 60.0, port: int = 8090, ou
         half = duration_s / 2
         _say(f"phase 1: steady closed-loop load, concurrency 4, {half:.0f}s")
         steady = run_load(info.url, closed_loop(100_000, prompt, output, seed=1), concurrency=4, duration_s=half)
-        _say(f"phase 2: bursty open-loop load (Gamma arrivals, CV^2 = 4), {half:.0f}s")
-        bursty = run_load(info.url, open_loop(2.0, half, prompt, output, burstiness=4.0, seed=2), max_in_flight=64)
+        _say(f"phase 2: bursty open-loop load (0.6 req/s, Gamma arrivals with CV^2 = 4), {half:.0f}s")
+        bursty = run_load(info.url, open_loop(0.6, half, prompt, output, burstiness=4.0, seed=2), max_in_flight=64)
         summary = rec.join()
         _say(f"recorded {time.monotonic() - t0:.0f}s: " + ", ".join(f"{k} {v}" for k, v in summary.events.items())
              + f"; lost events {sum(summary.lost.values())}")

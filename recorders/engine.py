@@ -137,7 +137,7 @@ class Recorder:
         text = "\n".join(p.bpf_text(target, self.options) for p in packs)
         text = f"#include <uapi/linux/ptrace.h>\n#define TARGET_PID {target.pid}\n#define RINGBUF_PAGES {pages}\n" + text
         try:
-            return BPF(text=text, cflags=["-Wno-macro-redefined", "-Wno-unused-function"])
+            return BPF(text=text.encode(), cflags=["-Wno-macro-redefined", "-Wno-unused-function"])
         except Exception as exc:
             raise PrismError(f"BPF programs failed to load: {str(exc).splitlines()[0]}") from None
 
