@@ -31,16 +31,16 @@ class ArgStore:
     def __init__(self, ev_offsets: np.ndarray, ar_ev: np.ndarray, key: np.ndarray, type_: np.ndarray,
                  val: np.ndarray, strings: list, objects: list, begin_rows: np.ndarray, end_rows: np.ndarray,
                  e2s: np.ndarray) -> None:
-        self.ev_offsets = np.ascontiguousarray(ev_offsets, dtype=np.int64)
+        self.ev_offsets = np.ascontiguousarray(ev_offsets, dtype=np.int32)
         self.ar_ev = np.ascontiguousarray(ar_ev, dtype=np.int32)
         self.key = np.ascontiguousarray(key, dtype=np.int32)
         self.type = np.ascontiguousarray(type_, dtype=np.int8)
         self.val = np.ascontiguousarray(val, dtype=np.int64)
         self.strings = strings
         self.objects = objects
-        self.begin_rows = np.ascontiguousarray(begin_rows, dtype=np.int64)
-        self.end_rows = np.ascontiguousarray(end_rows, dtype=np.int64)
-        self.e2s = np.ascontiguousarray(e2s, dtype=np.int64)
+        self.begin_rows = np.ascontiguousarray(begin_rows, dtype=np.int32)
+        self.end_rows = np.ascontiguousarray(end_rows, dtype=np.int32)
+        self.e2s = np.ascontiguousarray(e2s, dtype=np.int32)
         self._codes: dict[str, int] | None = None
 
     @property
@@ -142,7 +142,7 @@ class ArgStore:
             return np.full(n, default, dtype=float if isinstance(default, float) else object)
         ent = np.nonzero(self.key == kc)[0]
         sl = self.e2s[self.ar_ev[ent]]
-        pos = np.full(self.n_slices + 1, -1, dtype=np.int64)
+        pos = np.full(self.n_slices + 1, -1, dtype=np.int64)   # pos[-1] stays -1 for e2s == -1
         pos[rows] = np.arange(n)
         where = pos[sl]            # sl == -1 -> pos[-1] == -1
         keep = where >= 0
@@ -201,7 +201,8 @@ class ArgsArray(ExtensionArray):
 
     def __init__(self, store: ArgStore | None, rows: np.ndarray, extra: dict | None = None) -> None:
         self._store = store
-        self._rows = np.asarray(rows, dtype=np.int64)
+        rows = np.asarray(rows)
+        self._rows = rows if rows.dtype in (np.int32, np.int64) else rows.astype(np.int64)
 
     # -- construction ------------------------------------------------------
     @classmethod

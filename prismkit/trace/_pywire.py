@@ -148,9 +148,13 @@ def _i32(v: int) -> int:
 class Decoder:
     def __init__(self, decompress=None, size_hint: int = 0) -> None:
         self.decompress = decompress
-        self.ev = {k: array(t) for k, t in (("ts", "q"), ("clk", "q"), ("dur", "q"), ("track", "Q"), ("name", "i"),
+        self.ev = {k: array(t) for k, t in (("ts", "q"), ("clk", "h"), ("track", "i"), ("name", "i"),
                                             ("cat", "i"), ("type", "b"))}
-        self.ct = {k: array(t) for k, t in (("ts", "q"), ("clk", "q"), ("track", "Q"), ("val", "d"), ("name", "i"))}
+        self.ct = {k: array(t) for k, t in (("ts", "q"), ("clk", "h"), ("track", "i"), ("val", "d"), ("name", "i"))}
+        self.cx = {k: array(t) for k, t in (("row", "i"), ("dur", "q"))}
+        self.tracks: list[int] = []
+        self._track_index: dict[int, int] = {}
+        self.clock_keys: list[int] = []
         self.ar = {k: array(t) for k, t in (("ev", "i"), ("key", "i"), ("type", "b"), ("val", "q"))}
         self.fl = {k: array(t) for k, t in (("ev", "i"), ("id", "Q"), ("term", "b"))}
         self.strings: list[str] = []
@@ -227,15 +231,32 @@ class Decoder:
     def _snapshot(self):
         return ({k: len(v) for k, v in self.ev.items()}, {k: len(v) for k, v in self.ct.items()},
                 {k: len(v) for k, v in self.ar.items()}, {k: len(v) for k, v in self.fl.items()},
+                {k: len(v) for k, v in self.cx.items()},
                 len(self.objects), len(self.descs), len(self.clocks))
 
     def _rollback(self, snap) -> None:
-        for cols, lens in zip((self.ev, self.ct, self.ar, self.fl), snap[:4]):
+        for cols, lens in zip((self.ev, self.ct, self.ar, self.fl, self.cx), snap[:5]):
             for k, n in lens.items():
                 del cols[k][n:]
-        del self.objects[snap[4]:]
-        del self.descs[snap[5]:]
-        del self.clocks[snap[6]:]
+        del self.objects[snap[5]:]
+        del self.descs[snap[6]:]
+        del self.clocks[snap[7]:]
+
+    def _track(self, uuid: int) -> int:
+        i = self._track_index.get(uuid)
+        if i is None:
+            i = self._track_index[uuid] = len(self.tracks)
+            self.tracks.append(uuid)
+        return i
+
+    def _clock(self, key: int) -> int:
+        try:
+            return self.clock_keys.index(key)
+        except ValueError:
+            if len(self.clock_keys) == 4096:
+                raise _Bad("more than 4096 distinct clocks") from None
+            self.clock_keys.append(key)
+            return len(self.clock_keys) - 1
 
     # -- packets -----------------------------------------------------------
     def _seq(self, seq_id: int) -> _Seq:
@@ -531,24 +552,28 @@ class Decoder:
             cat = self._intern(",".join(self.strings[c] for c in cats))
         row = -1
         ct = self.ct
+        ci = self._clock(clk)
+        ti = self._track(track)
         if is_counter:
             if cval is not None:
-                ct["ts"].append(ts); ct["clk"].append(clk); ct["track"].append(track)
+                ct["ts"].append(ts); ct["clk"].append(ci); ct["track"].append(ti)
                 ct["val"].append(cval); ct["name"].append(name)
         elif etype >= 1:
             ev = self.ev
             row = len(ev["ts"])
-            ev["ts"].append(ts); ev["clk"].append(clk); ev["type"].append(etype); ev["track"].append(track)
-            ev["name"].append(name); ev["cat"].append(cat); ev["dur"].append(dur)
+            ev["ts"].append(ts); ev["clk"].append(ci); ev["type"].append(etype); ev["track"].append(ti)
+            ev["name"].append(name); ev["cat"].append(cat)
+            if etype == 4:
+                self.cx["row"].append(row); self.cx["dur"].append(dur)
         else:
             self.unsupported_events += 1
         uu = x_uuid if x_uuid else (s.def_extra if s.has_defaults else [])
         for u, val in zip(uu, x_ival):
-            ct["ts"].append(ts); ct["clk"].append(clk); ct["track"].append(u); ct["val"].append(float(val))
+            ct["ts"].append(ts); ct["clk"].append(ci); ct["track"].append(self._track(u)); ct["val"].append(float(val))
             ct["name"].append(-1)
         uu = xd_uuid if xd_uuid else (s.def_extra_d if s.has_defaults else [])
         for u, val in zip(uu, xd_val):
-            ct["ts"].append(ts); ct["clk"].append(clk); ct["track"].append(u); ct["val"].append(val)
+            ct["ts"].append(ts); ct["clk"].append(ci); ct["track"].append(self._track(u)); ct["val"].append(val)
             ct["name"].append(-1)
         if row < 0:
             return
@@ -696,10 +721,10 @@ class Decoder:
     # -- output --------------------------------------------------------------
     def finish(self) -> dict:
         out = {}
-        for prefix, cols in (("ev", self.ev), ("ct", self.ct), ("ar", self.ar), ("fl", self.fl)):
+        for prefix, cols in (("ev", self.ev), ("ct", self.ct), ("ar", self.ar), ("fl", self.fl), ("cx", self.cx)):
             for k, v in cols.items():
                 out[f"{prefix}_{k}"] = v
-        out.update(strings=self.strings, objects=self.objects, descs=self.descs, clocks=self.clocks,
+        out.update(tracks=array("Q", self.tracks), clock_keys=array("q", self.clock_keys), strings=self.strings, objects=self.objects, descs=self.descs, clocks=self.clocks,
                    packets=self.packets, skipped_no_state=self.skipped_no_state,
                    unresolved_iids=self.unresolved_iids, unsupported_events=self.unsupported_events)
         return out
@@ -716,12 +741,12 @@ def match_slices(order, type_, track, ts, dur, sid, ns):
     """Pair BEGIN/END per track; same contract as _wire.match_slices (see reader.py)."""
     import numpy as np
 
-    order = np.frombuffer(order, dtype=np.int64).tolist()
+    order = np.frombuffer(order, dtype=np.int32).tolist()
     type_ = np.frombuffer(type_, dtype=np.int8).tolist()
-    track = np.frombuffer(track, dtype=np.uint64).tolist()
+    track = np.frombuffer(track, dtype=np.int32).tolist()
     ts = np.frombuffer(ts, dtype=np.int64).tolist()
     dur = np.frombuffer(dur, dtype=np.int64).tolist()
-    sid = np.frombuffer(sid, dtype=np.int64).tolist()
+    sid = np.frombuffer(sid, dtype=np.int32).tolist()
     n = len(order)
     se = [-1] * ns
     dep = [0] * ns
@@ -757,18 +782,19 @@ def match_slices(order, type_, track, ts, dur, sid, ns):
         if ty == 1:
             stack.append([sl, None])
         elif ty == 4:
-            stack.append([sl, t + max(dur[i], 0)])
-    return (array("q", se), array("i", dep), array("q", par), array("q", e2s), unmatched)
+            d = dur[i] if i < len(dur) else 0
+            stack.append([sl, t + max(d, 0)])
+    return (array("i", se), array("i", dep), array("i", par), array("i", e2s), unmatched)
 
 
 def group_order(codes, ncodes, pre):
     import numpy as np
 
-    codes = np.frombuffer(codes, dtype=np.int64)
+    codes = np.frombuffer(codes, dtype=np.int32)
     if pre is None:
-        return np.argsort(codes, kind="stable").astype(np.int64)
-    pre = np.frombuffer(pre, dtype=np.int64)
-    return pre[np.argsort(codes[pre], kind="stable")].astype(np.int64)
+        return np.argsort(codes, kind="stable").astype(np.int32)
+    pre = np.frombuffer(pre, dtype=np.int32)
+    return pre[np.argsort(codes[pre], kind="stable")].astype(np.int32)
 
 
 def _value(t: int, x: int, strings, objects):
@@ -790,9 +816,9 @@ def _value(t: int, x: int, strings, objects):
 def build_args(begin_rows, end_rows, offsets, key, type_, val, strings, objects):
     import numpy as np
 
-    brow = np.frombuffer(begin_rows, dtype=np.int64).tolist()
-    erow = np.frombuffer(end_rows, dtype=np.int64).tolist()
-    off = np.frombuffer(offsets, dtype=np.int64).tolist()
+    brow = np.frombuffer(begin_rows, dtype=np.int32).tolist()
+    erow = np.frombuffer(end_rows, dtype=np.int32).tolist()
+    off = np.frombuffer(offsets, dtype=np.int32).tolist()
     key = np.frombuffer(key, dtype=np.int32).tolist()
     type_ = np.frombuffer(type_, dtype=np.int8).tolist()
     val = np.frombuffer(val, dtype=np.int64).tolist()

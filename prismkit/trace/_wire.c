@@ -3,8 +3,10 @@
  * Decoder.feed(buf, base_offset) walks the Trace framing (field 1 = TracePacket),
  * keeps per-sequence incremental state (interning, packet defaults, thread
  * descriptor, sequence-scoped clocks) and appends rows to growable C arrays:
- *   events   (slice begin/end/instant/complete): ts, clk, type, track, name, cat, dur
+ *   events   (slice begin/end/instant/complete): ts, clk, type, track, name, cat
+ *   complete : row, dur (durations of legacy complete events)
  *   counters : ts, clk, track, value, name
+ * (track and clk are indices into the small `tracks` / `clock_keys` tables)
  *   args     : event row, key, type, value (int64 bits; strings are string codes)
  *   flows    : event row, flow id, terminating
  * Strings (names, categories, keys, string values) go to one deduplicated table.
@@ -168,14 +170,19 @@ static int32_t strtab_intern(StrTab *t, const uint8_t *p, size_t n) {
 
 #define GROW(arr, T, cap) do { T *np_ = realloc((arr), (cap) * sizeof(T)); if (!np_) { PyErr_NoMemory(); return -1; } (arr) = np_; } while (0)
 
+/* Tracks and clocks are small tables; rows hold their index (track: int32, clock: int16). */
 typedef struct {
     size_t n, cap;
-    int64_t *ts, *clk, *dur; uint64_t *track; int32_t *name, *cat; int8_t *type;
+    int64_t *ts; int16_t *clk; int32_t *track, *name, *cat; int8_t *type;
 } EvCols;
 typedef struct {
     size_t n, cap;
-    int64_t *ts, *clk; uint64_t *track; double *val; int32_t *name;
+    int64_t *ts; int16_t *clk; int32_t *track; double *val; int32_t *name;
 } CtCols;
+typedef struct {   /* durations of complete (legacy 'X') events: sparse */
+    size_t n, cap;
+    int32_t *row; int64_t *dur;
+} CxCols;
 typedef struct {
     size_t n, cap;
     int32_t *ev, *key; int8_t *type; int64_t *val;
@@ -188,15 +195,21 @@ typedef struct {
 static int ev_reserve(EvCols *c, size_t need) {
     if (need <= c->cap) return 0;
     size_t nc = c->cap ? c->cap : 4096; while (nc < need) nc *= 2;
-    GROW(c->ts, int64_t, nc); GROW(c->clk, int64_t, nc); GROW(c->dur, int64_t, nc); GROW(c->track, uint64_t, nc);
+    GROW(c->ts, int64_t, nc); GROW(c->clk, int16_t, nc); GROW(c->track, int32_t, nc);
     GROW(c->name, int32_t, nc); GROW(c->cat, int32_t, nc); GROW(c->type, int8_t, nc);
     c->cap = nc; return 0;
 }
 static int ct_reserve(CtCols *c, size_t need) {
     if (need <= c->cap) return 0;
     size_t nc = c->cap ? c->cap : 1024; while (nc < need) nc *= 2;
-    GROW(c->ts, int64_t, nc); GROW(c->clk, int64_t, nc); GROW(c->track, uint64_t, nc); GROW(c->val, double, nc);
+    GROW(c->ts, int64_t, nc); GROW(c->clk, int16_t, nc); GROW(c->track, int32_t, nc); GROW(c->val, double, nc);
     GROW(c->name, int32_t, nc);
+    c->cap = nc; return 0;
+}
+static int cx_reserve(CxCols *c, size_t need) {
+    if (need <= c->cap) return 0;
+    size_t nc = c->cap ? c->cap : 256; while (nc < need) nc *= 2;
+    GROW(c->row, int32_t, nc); GROW(c->dur, int64_t, nc);
     c->cap = nc; return 0;
 }
 static int ar_reserve(ArCols *c, size_t need) {
@@ -237,7 +250,9 @@ enum { A_INT = 0, A_UINT = 1, A_DOUBLE = 2, A_BOOL = 3, A_STR = 4, A_PTR = 5, A_
 
 typedef struct {
     PyObject_HEAD
-    EvCols ev; CtCols ct; ArCols ar; FlCols fl;
+    EvCols ev; CtCols ct; ArCols ar; FlCols fl; CxCols cx;
+    U64Map trackmap; uint64_t *tracks; size_t ntracks, captracks; uint64_t last_uuid; int32_t last_track;
+    int64_t clock_keys[4096]; int nclocks; int last_clock;
     StrTab st;
     SeqState *seqs; size_t nseq, capseq; U64Map seqmap;
     U64Map gclock_mult;         /* global clock id -> unit multiplier */
@@ -616,6 +631,34 @@ static int add_desc(Decoder *d, int kind, SeqState *s, const uint8_t *p, const u
     return r < 0 ? -1 : 0;
 }
 
+/* index of a track uuid in the decoder's track table (-1: memory error) */
+static int32_t track_index(Decoder *d, uint64_t uuid) {
+    if (d->ntracks && d->last_uuid == uuid) return d->last_track;
+    int64_t idx;
+    if (!map_get(&d->trackmap, uuid, &idx)) {
+        if (d->ntracks == d->captracks) {
+            size_t nc = d->captracks ? d->captracks * 2 : 64;
+            uint64_t *t = realloc(d->tracks, nc * 8); if (!t) { PyErr_NoMemory(); return -1; }
+            d->tracks = t; d->captracks = nc;
+        }
+        idx = (int64_t)d->ntracks;
+        d->tracks[d->ntracks++] = uuid;
+        if (map_put(&d->trackmap, uuid, idx) < 0) return -1;
+    }
+    d->last_uuid = uuid; d->last_track = (int32_t)idx;
+    return (int32_t)idx;
+}
+
+/* index of a clock key in the decoder's clock table (-2: too many clocks) */
+static int clock_index(Decoder *d, int64_t key) {
+    if (d->nclocks && d->clock_keys[d->last_clock] == key) return d->last_clock;
+    for (int i = 0; i < d->nclocks; i++) if (d->clock_keys[i] == key) { d->last_clock = i; return i; }
+    if (d->nclocks == 4096) return -2;
+    d->clock_keys[d->nclocks] = key;
+    d->last_clock = d->nclocks;
+    return d->nclocks++;
+}
+
 static inline uint64_t synth_thread_uuid(int64_t pid, int64_t tid) {
     return (1ULL << 63) | ((uint64_t)(pid & 0x7fffffff) << 32) | (uint64_t)(uint32_t)tid;
 }
@@ -726,18 +769,26 @@ static int parse_track_event(Decoder *d, SeqState *s, const uint8_t *p, const ui
         if (cat < 0) return -1;
     }
     int32_t row = -1;
+    int ci = clock_index(d, clk);
+    if (ci == -2) BAD("more than 4096 distinct clocks");
+    int32_t ti = track_index(d, track);
+    if (ti < 0) return -1;
     if (is_counter) {   /* TYPE_COUNTER */
         if (has_cval) {
             if (ct_reserve(&d->ct, d->ct.n + 1) < 0) return -1;
             size_t i = d->ct.n++;
-            d->ct.ts[i] = ts; d->ct.clk[i] = clk; d->ct.track[i] = track; d->ct.val[i] = cval; d->ct.name[i] = name;
+            d->ct.ts[i] = ts; d->ct.clk[i] = (int16_t)ci; d->ct.track[i] = ti; d->ct.val[i] = cval; d->ct.name[i] = name;
         }
     } else if (etype >= 1) {
         if (ev_reserve(&d->ev, d->ev.n + 1) < 0) return -1;
         size_t i = d->ev.n++;
         row = (int32_t)i;
-        d->ev.ts[i] = ts; d->ev.clk[i] = clk; d->ev.type[i] = etype; d->ev.track[i] = track;
-        d->ev.name[i] = name; d->ev.cat[i] = cat; d->ev.dur[i] = dur;
+        d->ev.ts[i] = ts; d->ev.clk[i] = (int16_t)ci; d->ev.type[i] = etype; d->ev.track[i] = ti;
+        d->ev.name[i] = name; d->ev.cat[i] = cat;
+        if (etype == 4) {
+            if (cx_reserve(&d->cx, d->cx.n + 1) < 0) return -1;
+            d->cx.row[d->cx.n] = row; d->cx.dur[d->cx.n] = dur; d->cx.n++;
+        }
     } else {
         d->unsupported_events++;
     }
@@ -749,7 +800,8 @@ static int parse_track_event(Decoder *d, SeqState *s, const uint8_t *p, const ui
         if (n && ct_reserve(&d->ct, d->ct.n + n) < 0) return -1;
         for (size_t k = 0; k < n; k++) {
             size_t i = d->ct.n++;
-            d->ct.ts[i] = ts; d->ct.clk[i] = clk; d->ct.track[i] = uu[k]; d->ct.val[i] = (double)d->x_ival[k]; d->ct.name[i] = -1;
+            int32_t xt = track_index(d, uu[k]); if (xt < 0) return -1;
+            d->ct.ts[i] = ts; d->ct.clk[i] = (int16_t)ci; d->ct.track[i] = xt; d->ct.val[i] = (double)d->x_ival[k]; d->ct.name[i] = -1;
         }
         uu = d->xd_n ? d->xd_uuid : s->def_extra_d;
         nu = d->xd_n ? d->xd_n : (s->has_defaults ? s->n_def_extra_d : 0);
@@ -757,7 +809,8 @@ static int parse_track_event(Decoder *d, SeqState *s, const uint8_t *p, const ui
         if (n && ct_reserve(&d->ct, d->ct.n + n) < 0) return -1;
         for (size_t k = 0; k < n; k++) {
             size_t i = d->ct.n++;
-            d->ct.ts[i] = ts; d->ct.clk[i] = clk; d->ct.track[i] = uu[k]; d->ct.val[i] = d->xd_val[k]; d->ct.name[i] = -1;
+            int32_t xt = track_index(d, uu[k]); if (xt < 0) return -1;
+            d->ct.ts[i] = ts; d->ct.clk[i] = (int16_t)ci; d->ct.track[i] = xt; d->ct.val[i] = d->xd_val[k]; d->ct.name[i] = -1;
         }
     }
     if (row < 0) return 0;
@@ -877,12 +930,12 @@ static int feed_trace(Decoder *d, const uint8_t *buf, Py_ssize_t len, long long 
         }
         if ((uint64_t)(buf + len - p) < n) break;   /* packet not complete yet */
         /* remember column sizes to roll back a bad packet */
-        size_t ev0 = d->ev.n, ct0 = d->ct.n, ar0 = d->ar.n, fl0 = d->fl.n;
+        size_t ev0 = d->ev.n, ct0 = d->ct.n, ar0 = d->ar.n, fl0 = d->fl.n, cx0 = d->cx.n;
         Py_ssize_t ob0 = PyList_GET_SIZE(d->objects), ds0 = PyList_GET_SIZE(d->descs), cl0 = PyList_GET_SIZE(d->clocks);
         int r = process_packet(d, p, p + n);
         if (r != 0) {
             if (nested) return r;
-            d->ev.n = ev0; d->ct.n = ct0; d->ar.n = ar0; d->fl.n = fl0;
+            d->ev.n = ev0; d->ct.n = ct0; d->ar.n = ar0; d->fl.n = fl0; d->cx.n = cx0;
             if (r == -1) return -1;
             PyList_SetSlice(d->objects, ob0, PyList_GET_SIZE(d->objects), NULL);
             PyList_SetSlice(d->descs, ds0, PyList_GET_SIZE(d->descs), NULL);
@@ -908,15 +961,16 @@ static int Decoder_init(Decoder *self, PyObject *args, PyObject *kw) {
     self->decompress = Py_NewRef(decompress);
     if (hint > 0) {
         /* generous reservations: untouched pages cost nothing */
-        if (ev_reserve(&self->ev, (size_t)(hint / 24) + 16) < 0) return -1;
+        if (ev_reserve(&self->ev, (size_t)(hint / 16) + 16) < 0) return -1;
         if (ar_reserve(&self->ar, (size_t)(hint / 24) + 16) < 0) return -1;
     }
     return 0;
 }
 
 static void Decoder_dealloc(Decoder *self) {
-    EvCols *e = &self->ev; free(e->ts); free(e->clk); free(e->dur); free(e->track); free(e->name); free(e->cat); free(e->type);
+    EvCols *e = &self->ev; free(e->ts); free(e->clk); free(e->track); free(e->name); free(e->cat); free(e->type);
     CtCols *c = &self->ct; free(c->ts); free(c->clk); free(c->track); free(c->val); free(c->name);
+    free(self->cx.row); free(self->cx.dur); free(self->tracks); map_free(&self->trackmap);
     ArCols *a = &self->ar; free(a->ev); free(a->key); free(a->type); free(a->val);
     FlCols *l = &self->fl; free(l->ev); free(l->id); free(l->term);
     strtab_free(&self->st);
@@ -964,17 +1018,16 @@ static PyObject *Decoder_finish(Decoder *self, PyObject *unused) {
     if (!out) return NULL;
     size_t n = self->ev.n;
     PUT(out, "ev_ts", take_col((void **)&self->ev.ts, n, 8));
-    PUT(out, "ev_clk", take_col((void **)&self->ev.clk, n, 8));
-    PUT(out, "ev_dur", take_col((void **)&self->ev.dur, n, 8));
-    PUT(out, "ev_track", take_col((void **)&self->ev.track, n, 8));
+    PUT(out, "ev_clk", take_col((void **)&self->ev.clk, n, 2));
+    PUT(out, "ev_track", take_col((void **)&self->ev.track, n, 4));
     PUT(out, "ev_name", take_col((void **)&self->ev.name, n, 4));
     PUT(out, "ev_cat", take_col((void **)&self->ev.cat, n, 4));
     PUT(out, "ev_type", take_col((void **)&self->ev.type, n, 1));
     self->ev.n = self->ev.cap = 0;
     n = self->ct.n;
     PUT(out, "ct_ts", take_col((void **)&self->ct.ts, n, 8));
-    PUT(out, "ct_clk", take_col((void **)&self->ct.clk, n, 8));
-    PUT(out, "ct_track", take_col((void **)&self->ct.track, n, 8));
+    PUT(out, "ct_clk", take_col((void **)&self->ct.clk, n, 2));
+    PUT(out, "ct_track", take_col((void **)&self->ct.track, n, 4));
     PUT(out, "ct_val", take_col((void **)&self->ct.val, n, 8));
     PUT(out, "ct_name", take_col((void **)&self->ct.name, n, 4));
     self->ct.n = self->ct.cap = 0;
@@ -989,6 +1042,18 @@ static PyObject *Decoder_finish(Decoder *self, PyObject *unused) {
     PUT(out, "fl_id", take_col((void **)&self->fl.id, n, 8));
     PUT(out, "fl_term", take_col((void **)&self->fl.term, n, 1));
     self->fl.n = self->fl.cap = 0;
+    n = self->cx.n;
+    PUT(out, "cx_row", take_col((void **)&self->cx.row, n, 4));
+    PUT(out, "cx_dur", take_col((void **)&self->cx.dur, n, 8));
+    self->cx.n = self->cx.cap = 0;
+    PUT(out, "tracks", take_col((void **)&self->tracks, self->ntracks, 8));
+    self->ntracks = self->captracks = 0; map_clear(&self->trackmap);
+    {
+        int64_t *ck = malloc((self->nclocks + 1) * 8);
+        if (!ck) { Py_DECREF(out); return PyErr_NoMemory(); }
+        memcpy(ck, self->clock_keys, self->nclocks * 8);
+        PUT(out, "clock_keys", take_col((void **)&ck, self->nclocks, 8));
+    }
     PyObject *strings = PyList_New((Py_ssize_t)self->st.n);
     if (!strings) { Py_DECREF(out); return NULL; }
     for (size_t i = 0; i < self->st.n; i++) {
@@ -1032,30 +1097,35 @@ static PyTypeObject DecoderType = {
 /* ----------------------------------------------------------- match_slices */
 
 /* match_slices(order, type, track, ts, dur, sid, ns) -> (se, depth, parent, e2s, unmatched_ends)
- * order: int64 event rows sorted by (track, ts, row); sid: int64 slice id of each non-END event (-1 for END).
- * se[s]: row of the END event closing slice s (-1: none); depth int32; parent slice or -1;
+ * order: int32 event rows sorted by (track, ts, row); type int8; track int32; ts int64;
+ * dur: int64 per event, read only for complete events (type 4; may be empty otherwise);
+ * sid: int32 slice id of each non-END event (-1 for END). All outputs int32:
+ * se[s]: row of the END event closing slice s (-1: none); depth; parent slice or -1;
  * e2s[row]: slice of every event (END events: the slice they close, or -1). */
 static PyObject *match_slices(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer bo, bty, btr, bts, bdu, bsid; Py_ssize_t ns;
     if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*n", &bo, &bty, &btr, &bts, &bdu, &bsid, &ns)) return NULL;
-    Py_ssize_t n = bo.len / 8;
-    const int64_t *order = bo.buf; const int8_t *type = bty.buf; const uint64_t *track = btr.buf;
-    const int64_t *ts = bts.buf; const int64_t *dur = bdu.buf; const int64_t *sid = bsid.buf;
-    int64_t *se = malloc((ns + 1) * 8), *par = malloc((ns + 1) * 8), *e2s = malloc((n + 1) * 8);
-    int32_t *dep = malloc((ns + 1) * 4);
-    int64_t *stack = malloc((ns + 1) * 8), *stack_end = malloc((ns + 1) * 8);
+    Py_ssize_t n = bo.len / 4, ndur = bdu.len / 8;
+    const int32_t *order = bo.buf; const int8_t *type = bty.buf; const int32_t *track = btr.buf;
+    const int64_t *ts = bts.buf; const int64_t *dur = bdu.buf; const int32_t *sid = bsid.buf;
+    int32_t *se = malloc((ns + 1) * 4), *par = malloc((ns + 1) * 4), *e2s = malloc((n + 1) * 4);
+    int32_t *dep = malloc((ns + 1) * 4), *stack = malloc((ns + 1) * 4);
+    int64_t *stack_end = malloc((ns + 1) * 8);
     PyObject *res = NULL;
     long long unmatched = 0;
+    int bad = 0;
     if (!se || !par || !e2s || !dep || !stack || !stack_end) { PyErr_NoMemory(); goto out; }
+    if (bty.len < n || btr.len / 4 < n || bts.len / 8 < n || bsid.len / 4 < n) {
+        PyErr_SetString(PyExc_ValueError, "match_slices: columns of different lengths"); goto out;
+    }
     for (Py_ssize_t k = 0; k < ns; k++) { se[k] = -1; par[k] = -1; dep[k] = 0; }
     Py_ssize_t sp = 0;
-    uint64_t cur = 0; int first = 1;
+    int32_t cur = 0; int first = 1;
     const int64_t OPEN = INT64_MAX;
-    int bad = 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t k = 0; k < n; k++) {
-        int64_t i = order[k];
+        int32_t i = order[k];
         if (i < 0 || i >= n) { bad = 1; break; }
         if (first || track[i] != cur) { sp = 0; cur = track[i]; first = 0; }
         int64_t t = ts[i];
@@ -1065,21 +1135,24 @@ static PyObject *match_slices(PyObject *self, PyObject *args) {
             Py_ssize_t j = sp - 1;
             while (j >= 0 && stack_end[j] != OPEN) j--;
             if (j < 0) { e2s[i] = -1; unmatched++; continue; }
-            int64_t sl = stack[j];
+            int32_t sl = stack[j];
             se[sl] = i; e2s[i] = sl; sp = j;
             continue;
         }
-        int64_t sl = sid[i];
+        int32_t sl = sid[i];
         if (sl < 0 || sl >= ns) { bad = 1; break; }
         dep[sl] = (int32_t)sp; par[sl] = sp ? stack[sp - 1] : -1;
         e2s[i] = sl;
         if (ty == 1) { stack[sp] = sl; stack_end[sp] = OPEN; sp++; }
-        else if (ty == 4) { stack[sp] = sl; stack_end[sp] = t + (dur[i] > 0 ? dur[i] : 0); sp++; }
+        else if (ty == 4) {
+            int64_t d = i < ndur ? dur[i] : 0;
+            stack[sp] = sl; stack_end[sp] = t + (d > 0 ? d : 0); sp++;
+        }
     }
     Py_END_ALLOW_THREADS
     if (bad) { PyErr_SetString(PyExc_ValueError, "match_slices: inconsistent input"); goto out; }
-    PyObject *o_se = take_col((void **)&se, ns, 8), *o_dep = take_col((void **)&dep, ns, 4);
-    PyObject *o_par = take_col((void **)&par, ns, 8), *o_e2s = take_col((void **)&e2s, n, 8);
+    PyObject *o_se = take_col((void **)&se, ns, 4), *o_dep = take_col((void **)&dep, ns, 4);
+    PyObject *o_par = take_col((void **)&par, ns, 4), *o_e2s = take_col((void **)&e2s, n, 4);
     if (o_se && o_dep && o_par && o_e2s)
         res = Py_BuildValue("(NNNNL)", o_se, o_dep, o_par, o_e2s, unmatched);
     else { Py_XDECREF(o_se); Py_XDECREF(o_dep); Py_XDECREF(o_par); Py_XDECREF(o_e2s); }
@@ -1090,28 +1163,31 @@ out:
     return res;
 }
 
-/* group_order(codes, ncodes, pre) -> int64 order: rows grouped by code (0..ncodes-1), stable
- * with respect to pre (an int64 row order) or to row order when pre is None. Counting sort. */
+/* group_order(codes, ncodes, pre) -> int32 order: rows grouped by code (int32, 0..ncodes-1), stable
+ * with respect to pre (an int32 row order) or to row order when pre is None. Counting sort. */
 static PyObject *group_order(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer bc; Py_ssize_t nc; PyObject *pre_obj;
     if (!PyArg_ParseTuple(args, "y*nO", &bc, &nc, &pre_obj)) return NULL;
     Py_buffer bp; int has_pre = pre_obj != Py_None;
     if (has_pre && PyObject_GetBuffer(pre_obj, &bp, PyBUF_SIMPLE) < 0) { PyBuffer_Release(&bc); return NULL; }
-    Py_ssize_t n = bc.len / 8;
-    const int64_t *codes = bc.buf; const int64_t *pre = has_pre ? bp.buf : NULL;
-    int64_t *cnt = calloc(nc + 1, 8), *out = malloc((n + 1) * 8);
+    Py_ssize_t n = bc.len / 4;
+    const int32_t *codes = bc.buf; const int32_t *pre = has_pre ? bp.buf : NULL;
+    int64_t *cnt = calloc(nc + 1, 8);
+    int32_t *out = malloc((n + 1) * 4);
     PyObject *res = NULL;
     int bad = 0;
     if (!cnt || !out) { PyErr_NoMemory(); goto done; }
-    for (Py_ssize_t i = 0; i < n; i++) { int64_t c = codes[i]; if (c < 0 || c >= nc) { bad = 1; break; } cnt[c + 1]++; }
+    if (has_pre && bp.len / 4 != n) { PyErr_SetString(PyExc_ValueError, "group_order: lengths differ"); goto done; }
+    for (Py_ssize_t i = 0; i < n; i++) { int32_t c = codes[i]; if (c < 0 || c >= nc) { bad = 1; break; } cnt[c + 1]++; }
     if (bad) { PyErr_SetString(PyExc_ValueError, "group_order: code out of range"); goto done; }
     for (Py_ssize_t c = 0; c < nc; c++) cnt[c + 1] += cnt[c];
     for (Py_ssize_t k = 0; k < n; k++) {
-        int64_t i = pre ? pre[k] : k;
+        int32_t i = pre ? pre[k] : (int32_t)k;
+        if (i < 0 || i >= n) { PyErr_SetString(PyExc_ValueError, "group_order: bad row"); goto done; }
         out[cnt[codes[i]]++] = i;
     }
-    res = take_col((void **)&out, n, 8);
+    res = take_col((void **)&out, n, 4);
 done:
     free(cnt); free(out);
     PyBuffer_Release(&bc); if (has_pre) PyBuffer_Release(&bp);
@@ -1133,25 +1209,26 @@ static PyObject *arg_value(int8_t t, int64_t x, PyObject *strings, Py_ssize_t ns
 }
 
 /* build_args(begin_rows, end_rows, ev_offsets, key, type, val, strings, objects) -> list of dict or None.
+ * rows and offsets are int32.
  * A slice's args are its BEGIN event's entries then its END event's (end_rows[k] = -1: none); later keys win. */
 static PyObject *build_args(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer bb, be, boff, bkey, bty, bval; PyObject *strings, *objects;
     if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*O!O!", &bb, &be, &boff, &bkey, &bty, &bval,
                           &PyList_Type, &strings, &PyList_Type, &objects)) return NULL;
-    const int64_t *brow = bb.buf, *erow = be.buf, *off = boff.buf; const int32_t *key = bkey.buf;
+    const int32_t *brow = bb.buf, *erow = be.buf, *off = boff.buf; const int32_t *key = bkey.buf;
     const int8_t *ty = bty.buf; const int64_t *val = bval.buf;
-    Py_ssize_t n = bb.len / 8, nstr = PyList_GET_SIZE(strings), nobj = PyList_GET_SIZE(objects);
-    Py_ssize_t nev = boff.len / 8 - 1;
+    Py_ssize_t n = bb.len / 4, nstr = PyList_GET_SIZE(strings), nobj = PyList_GET_SIZE(objects);
+    Py_ssize_t nev = boff.len / 4 - 1;
     PyObject *out = PyList_New(n);
     if (!out) goto done;
     for (Py_ssize_t k = 0; k < n; k++) {
-        int64_t rows[2] = {brow[k], erow[k]};
+        int32_t rows[2] = {brow[k], erow[k]};
         PyObject *dct = NULL;
         for (int h = 0; h < 2; h++) {
-            int64_t r = rows[h];
+            int32_t r = rows[h];
             if (r < 0 || r >= nev) continue;
-            for (int64_t j = off[r]; j < off[r + 1]; j++) {
+            for (int32_t j = off[r]; j < off[r + 1]; j++) {
                 int32_t kc = key[j];
                 if (kc < 0 || kc >= nstr) continue;
                 if (!dct) { dct = PyDict_New(); if (!dct) { Py_CLEAR(out); goto done; } }

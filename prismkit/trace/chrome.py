@@ -101,9 +101,12 @@ class _Builder:
     def __init__(self) -> None:
         self.strings: list[str] = []
         self.codes: dict[str, int] = {}
-        self.ev = {k: array(t) for k, t in (("ts", "q"), ("clk", "q"), ("dur", "q"), ("track", "Q"), ("name", "i"),
+        self.ev = {k: array(t) for k, t in (("ts", "q"), ("clk", "h"), ("track", "i"), ("name", "i"),
                                             ("cat", "i"), ("type", "b"))}
-        self.ct = {k: array(t) for k, t in (("ts", "q"), ("clk", "q"), ("track", "Q"), ("val", "d"), ("name", "i"))}
+        self.ct = {k: array(t) for k, t in (("ts", "q"), ("clk", "h"), ("track", "i"), ("val", "d"), ("name", "i"))}
+        self.cx = {k: array(t) for k, t in (("row", "i"), ("dur", "q"))}
+        self.track_list: list[int] = []
+        self.track_index: dict[int, int] = {}
         self.ar = {k: array(t) for k, t in (("ev", "i"), ("key", "i"), ("type", "b"), ("val", "q"))}
         self.fl = {k: array(t) for k, t in (("ev", "i"), ("id", "Q"), ("term", "b"))}
         self.objects: list = []
@@ -174,11 +177,20 @@ class _Builder:
             u = self.thread_uuid[(pid, tid)] = t.uuid
         return u
 
+    def tix(self, uuid: int) -> int:
+        i = self.track_index.get(uuid)
+        if i is None:
+            i = self.track_index[uuid] = len(self.track_list)
+            self.track_list.append(uuid)
+        return i
+
     def push_event(self, ts: int, type_: int, track: int, name, cat, dur: int = -1) -> int:
         e = self.ev
         row = len(e["ts"])
-        e["ts"].append(ts); e["clk"].append(0); e["dur"].append(dur); e["track"].append(track)
+        e["ts"].append(ts); e["clk"].append(0); e["track"].append(self.tix(track))
         e["name"].append(self.s(name)); e["cat"].append(self.s(cat)); e["type"].append(type_)
+        if type_ == 4:
+            self.cx["row"].append(row); self.cx["dur"].append(dur)
         return row
 
     def push_args(self, row: int, args) -> None:
@@ -221,10 +233,10 @@ class _Builder:
 
     def raw(self) -> dict:
         out = {}
-        for prefix, cols in (("ev", self.ev), ("ct", self.ct), ("ar", self.ar), ("fl", self.fl)):
+        for prefix, cols in (("ev", self.ev), ("ct", self.ct), ("ar", self.ar), ("fl", self.fl), ("cx", self.cx)):
             for k, v in cols.items():
                 out[f"{prefix}_{k}"] = v
-        out.update(strings=self.strings, objects=self.objects, descs=[], clocks=[],
+        out.update(tracks=array("Q", self.track_list), clock_keys=array("q", [0]), strings=self.strings, objects=self.objects, descs=[], clocks=[],
                    packets=len(self.ev["ts"]) + len(self.ct["ts"]), skipped_no_state=0, unresolved_iids=0,
                    unsupported_events=self.unsupported)
         return out
@@ -310,7 +322,7 @@ def read_chrome_json(data: bytes):
                     t.pid = pid
                     u = b.counter_uuid[key] = t.uuid
                 c = b.ct
-                c["ts"].append(ts); c["clk"].append(0); c["track"].append(u); c["val"].append(float(v))
+                c["ts"].append(ts); c["clk"].append(0); c["track"].append(b.tix(u)); c["val"].append(float(v))
                 c["name"].append(-1)
         elif ph in ("s", "t", "f"):
             track = b.thread(pid, tid, raw_pid, raw_tid)

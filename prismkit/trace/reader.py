@@ -32,7 +32,7 @@ from . import _backend
 from ._args import ArgStore
 from ._pywire import _fields, synth_thread_uuid
 
-CHUNK = 8 << 20
+CHUNK = 1 << 20
 
 CLOCK_NAMES = {1: "realtime", 2: "realtime_coarse", 3: "monotonic", 4: "monotonic_coarse", 5: "monotonic_raw",
                6: "boottime", 9: "tsc", 10: "perf", 11: "trace_file"}
@@ -495,90 +495,93 @@ def _col(raw: dict, key: str, dtype) -> np.ndarray:
 
 def build_tables(raw: dict, tracks: dict[int, TrackInfo], remap: dict[int, int], *, clock: int | None,
                  problems: list[str], json_flows: list | None = None) -> dict:
-    """Columns from a decoder (or the JSON importer) -> the Trace's tables."""
+    """Columns from a decoder (or the JSON importer) -> the Trace's tables.
+
+    ``raw`` is consumed: its event columns are dropped as soon as the slices
+    are built, to keep the peak memory low.
+    """
     strings: list = raw["strings"]
-    ev_ts = _col(raw, "ev_ts", np.int64)
-    ev_clk = _col(raw, "ev_clk", np.int64)
-    ev_type = _col(raw, "ev_type", np.int8)
-    ev_track = _col(raw, "ev_track", np.uint64)
-    ev_name = _col(raw, "ev_name", np.int32)
-    ev_cat = _col(raw, "ev_cat", np.int32)
-    ev_dur = _col(raw, "ev_dur", np.int64)
-    ct_ts = _col(raw, "ct_ts", np.int64)
-    ct_clk = _col(raw, "ct_clk", np.int64)
-    ct_track = _col(raw, "ct_track", np.uint64)
-    ct_val = _col(raw, "ct_val", np.float64)
-    ct_name = _col(raw, "ct_name", np.int32)
+    track_uuids = np.frombuffer(raw["tracks"], dtype=np.uint64).copy()
+    clock_keys = np.frombuffer(raw["clock_keys"], dtype=np.int64)
+    if remap:
+        for a, b in remap.items():
+            track_uuids[track_uuids == np.uint64(a)] = np.uint64(b)
+    finalize_tracks(tracks, set(int(u) for u in track_uuids))
+    # the decoder's track indices may map to the same uuid after remapping: merge them
+    uniq_uuids, track_code_of_index = np.unique(track_uuids, return_inverse=True)
+    track_code_of_index = track_code_of_index.astype(np.int32)
+    tinfo = [tracks[int(u)] for u in uniq_uuids]
+    nt = len(uniq_uuids)
 
     # clocks
     conv = ClockConverter(raw.get("clocks", []))
     trace_clock = conv.trace_clock()
     target = trace_clock if clock is None else clock
-    ts = conv.convert(ev_ts, ev_clk, target, trace_clock, problems)
-    cts = conv.convert(ct_ts, ct_clk, target, trace_clock, problems)
 
-    # tracks: remap legacy thread tracks, collect used ones
-    if remap:
-        ev_track = ev_track.copy()
-        ct_track = ct_track.copy()
-        for a, b in remap.items():
-            ev_track[ev_track == a] = b
-            ct_track[ct_track == a] = b
-    codes, uniq = pd.factorize(ev_track, sort=False)
-    ccodes, cuniq = pd.factorize(ct_track, sort=False)
-    used = set(int(u) for u in uniq) | set(int(u) for u in cuniq)
-    finalize_tracks(tracks, used)
+    def to_target(ts_col: str, clk_col: str) -> np.ndarray:
+        t = _col(raw, ts_col, np.int64)
+        c = _col(raw, clk_col, np.int16)
+        if len(t) == 0:
+            return t
+        cmin, cmax = int(c.min()), int(c.max())
+        if cmin == cmax:
+            keys = np.full(1, clock_keys[cmin], dtype=np.int64)
+            return conv.convert(t, np.broadcast_to(keys, t.shape), target, trace_clock, problems)
+        return conv.convert(t, clock_keys[c], target, trace_clock, problems)
 
-    # slices: every non-END event starts one; ids follow event rows (then sorted by ts)
+    # ---- slices: every non-END event starts one; ids follow event rows (then sorted by ts)
     mod = _backend.module(raw.get("_pure_python"))
+    ts = to_target("ev_ts", "ev_clk")
+    ev_type = _col(raw, "ev_type", np.int8)
     n = len(ts)
+    ev_tcode = track_code_of_index[_col(raw, "ev_track", np.int32)] if n else np.empty(0, dtype=np.int32)
+    cx_row = _col(raw, "cx_row", np.int32)
+    dur_ev = np.empty(0, dtype=np.int64)
+    if len(cx_row):
+        dur_ev = np.zeros(n, dtype=np.int64)
+        dur_ev[cx_row] = _col(raw, "cx_dur", np.int64)
     is_start = ev_type != 2
-    sid = np.cumsum(is_start, dtype=np.int64) - 1
+    sid = np.cumsum(is_start, dtype=np.int32) - 1
     sid[~is_start] = -1
     ns = int(is_start.sum())
     pre = None
     if n and not bool((ts[1:] >= ts[:-1]).all()):
-        pre = np.argsort(ts, kind="stable").astype(np.int64)
-    if len(uniq) > 1:
-        order = np.frombuffer(mod.group_order(codes.astype(np.int64), len(uniq), pre), dtype=np.int64)
+        pre = np.argsort(ts, kind="stable").astype(np.int32)
+    if nt > 1:
+        order = np.frombuffer(mod.group_order(ev_tcode, nt, pre), dtype=np.int32)
     else:
-        order = pre if pre is not None else np.arange(n, dtype=np.int64)
+        order = pre if pre is not None else np.arange(n, dtype=np.int32)
     se, dep, par, e2s, unmatched = mod.match_slices(
-        np.ascontiguousarray(order), np.ascontiguousarray(ev_type), np.ascontiguousarray(ev_track),
-        np.ascontiguousarray(ts), np.ascontiguousarray(ev_dur), sid, ns)
-    se = np.frombuffer(se, dtype=np.int64)
+        np.ascontiguousarray(order), np.ascontiguousarray(ev_type), np.ascontiguousarray(ev_tcode),
+        np.ascontiguousarray(ts), dur_ev, sid, ns)
+    del order, pre
+    se = np.frombuffer(se, dtype=np.int32)
     dep = np.frombuffer(dep, dtype=np.int32)
-    par = np.frombuffer(par, dtype=np.int64)
-    e2s = np.frombuffer(e2s, dtype=np.int64)
+    par = np.frombuffer(par, dtype=np.int32)
+    e2s = np.frombuffer(e2s, dtype=np.int32)
     if unmatched:
         problems.append(f"{unmatched} slice END event(s) without a matching BEGIN were ignored")
-    sb = np.nonzero(is_start)[0]
+    sb = np.nonzero(is_start)[0].astype(np.int32)
+    del is_start, sid
     sts = ts[sb]
     if ns and not bool((sts[1:] >= sts[:-1]).all()):
         perm = np.argsort(sts, kind="stable")
-        inv = np.empty(ns, dtype=np.int64)
-        inv[perm] = np.arange(ns)
+        inv = np.empty(ns, dtype=np.int32)
+        inv[perm] = np.arange(ns, dtype=np.int32)
         sb, se, dep, par, sts = sb[perm], se[perm], dep[perm], par[perm], sts[perm]
-        par = np.where(par >= 0, inv[np.maximum(par, 0)], -1)
-        e2s = np.where(e2s >= 0, inv[np.maximum(e2s, 0)], -1)
+        par = np.where(par >= 0, inv[np.maximum(par, 0)], -1).astype(np.int32)
+        e2s = np.where(e2s >= 0, inv[np.maximum(e2s, 0)], -1).astype(np.int32)
     sty = ev_type[sb]
     dur = np.where(se >= 0, ts[np.maximum(se, 0)] - sts, -1)
     dur[sty == 3] = 0
     cpl = sty == 4
     if cpl.any():
-        dur[cpl] = ev_dur[sb[cpl]]
-    strack = ev_track[sb]
-    scode = codes[sb]
+        dur[cpl] = dur_ev[sb[cpl]]
+    scode = ev_tcode[sb]
+    sname = _col(raw, "ev_name", np.int32)[sb]
+    scat = _col(raw, "ev_cat", np.int32)[sb]
 
-    # args stay grouped by event; offsets per event row
-    ar_ev = _col(raw, "ar_ev", np.int32)
-    ev_off = np.zeros(n + 1, dtype=np.int64)
-    if len(ar_ev):
-        np.cumsum(np.bincount(ar_ev, minlength=n), out=ev_off[1:])
-    store = ArgStore(ev_off, ar_ev, _col(raw, "ar_key", np.int32), _col(raw, "ar_type", np.int8),
-                     _col(raw, "ar_val", np.int64), strings, raw["objects"], sb, se, e2s)
-
-    # flows (v2: flow_ids / terminating_flow_ids)
+    # flows (v2: flow_ids / terminating_flow_ids) need event timestamps
     fl_ev = _col(raw, "fl_ev", np.int32)
     flow_from: list[int] = []
     flow_to: list[int] = []
@@ -605,9 +608,14 @@ def build_tables(raw: dict, tracks: dict[int, TrackInfo], remap: dict[int, int],
                 pending.pop(fid, None)
             else:
                 pending[fid] = s
+    # the event columns are not needed any more
+    del ts, ev_type, ev_tcode, dur_ev
+    for k in ("ev_ts", "ev_clk", "ev_track", "ev_name", "ev_cat", "ev_type", "cx_row", "cx_dur"):
+        raw.pop(k, None)
+
     if json_flows:
-        jf = link_v1_flows(json_flows, sts, dur, dep, par, strack)
-        for a, b, fid in jf:
+        strack_uuid = uniq_uuids[scode]
+        for a, b, fid in link_v1_flows(json_flows, sts, dur, dep, par, strack_uuid):
             flow_from.append(a)
             flow_to.append(b)
             flow_ids.append(fid)
@@ -616,11 +624,21 @@ def build_tables(raw: dict, tracks: dict[int, TrackInfo], remap: dict[int, int],
                 if fid not in ids:
                     ids.append(fid)
 
+    # args stay grouped by event; int32 offsets per event row
+    ar_ev = _col(raw, "ar_ev", np.int32)
+    ev_off = np.zeros(n + 1, dtype=np.int32)
+    if len(ar_ev):
+        np.cumsum(np.bincount(ar_ev, minlength=n), out=ev_off[1:])
+    store = ArgStore(ev_off, ar_ev, _col(raw, "ar_key", np.int32), _col(raw, "ar_type", np.int8),
+                     _col(raw, "ar_val", np.int64), strings, raw["objects"], sb, se, e2s)
+    del sb, se, e2s
+
     # string columns as categoricals (names are few)
     def cat_from_codes(c: np.ndarray) -> pd.Categorical:
         if len(c) == 0:
             return pd.Categorical([])
-        used_mask = np.bincount(c[c >= 0], minlength=len(strings)) > 0 if (c >= 0).any() else np.zeros(len(strings), bool)
+        valid = c >= 0
+        used_mask = np.bincount(c[valid], minlength=len(strings)) > 0 if valid.any() else np.zeros(len(strings), bool)
         used_codes = np.nonzero(used_mask)[0]
         remap_codes = np.full(len(strings) + 1, -1, dtype=np.int32)
         remap_codes[used_codes] = np.arange(len(used_codes), dtype=np.int32)
@@ -629,8 +647,6 @@ def build_tables(raw: dict, tracks: dict[int, TrackInfo], remap: dict[int, int],
             return pd.Categorical([strings[i] if i >= 0 else None for i in c.tolist()])
         return pd.Categorical.from_codes(remap_codes[c], categories=pd.Index(cats, dtype=object))
 
-    track_list = [int(u) for u in uniq]
-    tinfo = [tracks[u] for u in track_list]
     track_names = [t.name or "" for t in tinfo]
 
     def track_cat(codes_: np.ndarray, names: list[str]) -> pd.Categorical:
@@ -641,9 +657,9 @@ def build_tables(raw: dict, tracks: dict[int, TrackInfo], remap: dict[int, int],
         m = np.array([pos[nm] for nm in names], dtype=np.int32)
         return pd.Categorical.from_codes(m[codes_], categories=pd.Index(u_names, dtype=object))
 
-    def ids_array(codes_: np.ndarray, infos: list[TrackInfo], attr: str) -> pd.arrays.IntegerArray:
-        vals = np.array([getattr(t, attr) if getattr(t, attr) is not None else 0 for t in infos], dtype=np.int64)
-        mask = np.array([getattr(t, attr) is None for t in infos], dtype=bool)
+    def ids_array(codes_: np.ndarray, attr: str) -> pd.arrays.IntegerArray:
+        vals = np.array([getattr(t, attr) if getattr(t, attr) is not None else 0 for t in tinfo], dtype=np.int64)
+        mask = np.array([getattr(t, attr) is None for t in tinfo], dtype=bool)
         if len(codes_) == 0:
             return pd.array(np.empty(0, dtype=np.int64), dtype="Int64")
         return pd.arrays.IntegerArray(vals[codes_], mask[codes_])
@@ -656,54 +672,60 @@ def build_tables(raw: dict, tracks: dict[int, TrackInfo], remap: dict[int, int],
     slices = pd.DataFrame({
         "ts": sts,
         "dur": dur,
-        "name": cat_from_codes(ev_name[sb]),
-        "category": cat_from_codes(ev_cat[sb]),
+        "name": cat_from_codes(sname),
+        "category": cat_from_codes(scat),
         "track": track_cat(scode, track_names),
-        "track_uuid": strack,
-        "pid": ids_array(scode, tinfo, "pid"),
-        "tid": ids_array(scode, tinfo, "tid"),
-        "depth": dep.astype(np.int32),
-        "parent_id": par,
-        "args": ArgsArray(store, np.arange(ns, dtype=np.int64)),
+        "track_uuid": uniq_uuids[scode],
+        "pid": ids_array(scode, "pid"),
+        "tid": ids_array(scode, "tid"),
+        "depth": dep,
+        "parent_id": par.astype(np.int64),
+        "args": ArgsArray(store, np.arange(ns, dtype=np.int32)),
         "flow_ids": pd.Series(flow_col, dtype=object, copy=False),
     }, copy=False)
     slices.index.name = "slice_id"
+    del sname, scat, scode, flow_col
 
-    # counters
+    # ---- counters
+    cts = to_target("ct_ts", "ct_clk")
     nct = len(cts)
     if nct:
-        corder = np.arange(nct) if bool((cts[1:] >= cts[:-1]).all()) else np.argsort(cts, kind="stable")
-        cts_o = cts[corder]
-        ccodes_o = ccodes[corder]
-        vals = ct_val[corder].copy()
-        cinfo = [tracks[int(u)] for u in cuniq]
-        for i, t in enumerate(cinfo):
+        ccodes = track_code_of_index[_col(raw, "ct_track", np.int32)]
+        ct_val = _col(raw, "ct_val", np.float64)
+        ct_name = _col(raw, "ct_name", np.int32)
+        if bool((cts[1:] >= cts[:-1]).all()):
+            corder = None
+            cts_o, ccodes_o, vals, cname_codes = cts, ccodes, ct_val.copy(), ct_name
+        else:
+            corder = np.argsort(cts, kind="stable")
+            cts_o, ccodes_o, vals, cname_codes = cts[corder], ccodes[corder], ct_val[corder], ct_name[corder]
+        for i, t in enumerate(tinfo):
             if t.unit_multiplier not in (None, 1) or t.is_incremental:
                 m = ccodes_o == i
                 if t.unit_multiplier not in (None, 1):
                     vals[m] *= t.unit_multiplier
                 if t.is_incremental:
                     vals[m] = np.cumsum(vals[m])
-        cnames = [t.name or "" for t in cinfo]
-        cname_codes = ct_name[corder]
         if (cname_codes >= 0).any():
-            tn = np.array(cnames, dtype=object)[ccodes_o]
+            tn = np.array(track_names, dtype=object)[ccodes_o]
             own = cname_codes >= 0
             tn[own] = [strings[c] for c in cname_codes[own]]
             name_col = pd.Categorical(tn)
         else:
-            name_col = track_cat(ccodes_o, cnames)
+            name_col = track_cat(ccodes_o, track_names)
         counters = pd.DataFrame({
             "ts": cts_o,
-            "track": track_cat(ccodes_o, cnames),
-            "track_uuid": ct_track[corder],
+            "track": track_cat(ccodes_o, track_names),
+            "track_uuid": uniq_uuids[ccodes_o],
             "name": name_col,
             "value": vals,
-            "pid": ids_array(ccodes_o, cinfo, "pid"),
-            "tid": ids_array(ccodes_o, cinfo, "tid"),
-        })
+            "pid": ids_array(ccodes_o, "pid"),
+            "tid": ids_array(ccodes_o, "tid"),
+        }, copy=False)
     else:
         counters = empty_counters()
+    for k in ("ct_ts", "ct_clk", "ct_track", "ct_val", "ct_name"):
+        raw.pop(k, None)
     flows = pd.DataFrame({"flow_id": np.array(flow_ids, dtype=np.uint64),
                           "from_slice": np.array(flow_from, dtype=np.int64),
                           "to_slice": np.array(flow_to, dtype=np.int64)})
