@@ -20,7 +20,7 @@ demo: target
 	@$(PRISM) demo
 
 test: target
-	@$(PY) -m pytest -q tests
+	@$(PY) -m pytest -q tests --nbval-lax notebooks
 
 bench: target
 	@$(PY) -m benchmarks

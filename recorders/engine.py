@@ -225,10 +225,12 @@ class Recorder:
     def _status_line(self, packs, bpf) -> None:
         if not self.verbose:
             return
-        counts = {k: v for p in packs for k, v in p.metadata().items() if isinstance(v, int)}
+        counts = {}
+        for p in packs:  # the first two counts of each pack keep the line short
+            counts.update(list({k: v for k, v in p.metadata().items() if isinstance(v, int)}.items())[:2])
         lost = sum(_sum_percpu(bpf, m) for p in packs for m in p.buffers.values())
         text = ", ".join(f"{k} {v}" for k, v in counts.items())
-        print(f"\r[record] {text}, lost {lost}   ", end="", file=sys.stderr, flush=True)
+        print(f"\r[record] {text}, lost {lost}\033[K", end="", file=sys.stderr, flush=True)
 
     def _finish(self, bpf, ctx: RecordingContext, packs, report, t_start) -> RecordingSummary:
         reason = self._stop_reason or "error"
