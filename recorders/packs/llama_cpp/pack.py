@@ -78,7 +78,7 @@ class LlamaCppPack(ProbePack):
         self._pending: dict[int, list[_Stage]] = {}  # tid -> stage slices not yet written
         self._decode_tids: set[int] = set()
         self._ctx = None
-        self._n_tokens_track = self._kv_track = None
+        self._n_tokens_track = self._kv_track = self._seqs_track = None
 
     def applies_to(self, target: TargetProcess) -> bool:
         return target.library("libllama") is not None
@@ -121,6 +121,7 @@ class LlamaCppPack(ProbePack):
         self._ctx = ctx
         self._n_tokens_track = ctx.writer.counter_track("batch.n_tokens", ctx.process_track, "tokens")
         self._kv_track = ctx.writer.counter_track("batch.kv_tokens", ctx.process_track, "tokens")
+        self._seqs_track = ctx.writer.counter_track("batch.n_seqs", ctx.process_track, "sequences")
         bpf["llama_events"].open_ring_buffer(self._on_event)
 
     def _on_event(self, _cpu, data, _size) -> None:
@@ -162,6 +163,7 @@ class LlamaCppPack(ProbePack):
         self._pending[ev.tid] = [s for s in self._pending.get(ev.tid, []) if s not in inside]
         w.end(track, ev.ts_end, {"ret": ev.ret})
         w.counter(self._n_tokens_track, ev.ts_start, ev.n_tokens)
+        w.counter(self._seqs_track, ev.ts_start, ev.n_seqs)
         if ev.kv_tokens >= 0:
             w.counter(self._kv_track, ev.ts_start, ev.kv_tokens)
 
