@@ -141,6 +141,9 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ringbuf-pages", type=int, default=256, help="ring buffer size per pack, in pages (power of two)")
     p.add_argument("--poll-ms", type=int, default=50, help="how often the ring buffers are drained")
     p.add_argument("--sample-ms", type=int, default=200, help="period of the CPU/memory/pressure counters")
+    p.add_argument("--min-offcpu-us", type=int, default=50,
+                   help="off-CPU intervals shorter than this are counted, not written one by one "
+                        "(preemptions by other processes are always written); 0 writes all")
     p.add_argument("--capture-paths", action="store_true",
                    help="also record each request's HTTP path (off by default: sizes and timings only)")
     p.add_argument("--quiet", action="store_true")
@@ -162,7 +165,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
         pid = info.pid
     rec = Recorder(pid, args.output, duration_s=args.duration, sample_interval_s=args.sample_ms / 1000,
                    ringbuf_pages=args.ringbuf_pages, poll_interval_ms=args.poll_ms,
-                   capture_paths=args.capture_paths, verbose=not args.quiet)
+                   capture_paths=args.capture_paths, min_offcpu_us=args.min_offcpu_us,
+                   verbose=not args.quiet)
     summary = rec.run()
     print(f"trace: {summary.path}  (open it in https://ui.perfetto.dev)")
     return 0

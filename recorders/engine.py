@@ -73,13 +73,18 @@ class Recorder:
     def __init__(self, pid: int, output: str | os.PathLike, duration_s: float | None = None,
                  packs: list[ProbePack] | None = None, sample_interval_s: float = 0.2,
                  ringbuf_pages: int = 256, poll_interval_ms: int = 50, capture_paths: bool = False,
+                 min_offcpu_us: int = 50,
                  verbose: bool = True, on_event_count: Callable[[dict], None] | None = None) -> None:
         self.pid = pid
         self.output = Path(output)
         self.duration_s = duration_s
         self.packs = packs if packs is not None else default_packs()
         self.sample_interval_s = sample_interval_s
-        self.options = {"ringbuf_pages": ringbuf_pages, "capture_paths": capture_paths}
+        # min_offcpu_us: shorter off-CPU intervals are only counted in the per-thread
+        # totals (llama.cpp's worker threads hand off every ~40 us: one slice each
+        # would be thousands per second); preemptions by other processes are always kept.
+        self.options = {"ringbuf_pages": ringbuf_pages, "capture_paths": capture_paths,
+                        "min_offcpu_us": min_offcpu_us}
         self.poll_interval_ms = poll_interval_ms
         self.verbose = verbose
         self._stop_reason: str | None = None
