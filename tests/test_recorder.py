@@ -131,7 +131,8 @@ def test_full_buffer_counts_lost_events(server, bpf_ok, tmp_path):
     summary = rec.join()
     n_decode = after["n_decode_total"] - before["n_decode_total"]
     trace = load_trace(out)
-    lost = trace.metadata["lost_events"]
+    assert trace.metadata["lost_events"] == sum(summary.lost.values())
+    lost = trace.metadata["lost_events.llama_events"]
     assert lost > 0
     assert lost == summary.lost["llama_events"]
     assert len(trace.batches) < n_decode
