@@ -581,7 +581,7 @@ def test_corrupt_bytes_in_the_middle(synth, tmp_path):
         p += 1
     bad[p + 1] = 0x0F
     (tmp_path / "bad2.pftrace").write_bytes(bad)
-    with pytest.warns(TraceWarning, match="wire type"):
+    with pytest.warns(TraceWarning, match="wire type|field number"):
         t2 = load_trace(tmp_path / "bad2.pftrace")
     assert t2.metadata["stopped_at_offset"] == start
     pd.testing.assert_frame_equal(comparable(t2.slices), comparable(prefix.slices))
@@ -698,3 +698,44 @@ def test_trace_processor_backend_agrees(rich_path, tmp_path):
 def test_trace_processor_missing_binary_is_a_prism_error(rich_path, tmp_path):
     with pytest.raises(PrismError, match="trace_processor"):
         load_trace(rich_path, trace_processor_bin=str(tmp_path / "no-such-binary"))
+
+
+# ----------------------------------------------------------------- fallback and robustness
+
+def test_pure_python_fallback_warns_once_when_extension_missing(monkeypatch, synth):
+    from prismkit.trace import _backend
+
+    path, _ = synth
+    native = load_trace(path)
+    monkeypatch.setattr(_backend, "_native", None)
+    monkeypatch.setattr(_backend, "_warned", False)
+    with pytest.warns(RuntimeWarning, match="native decoder .* not built"):
+        t = load_trace(path)
+    assert t.metadata["reader"] == "python"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)   # only once
+        load_trace(path)
+    pd.testing.assert_frame_equal(comparable(native.slices), comparable(t.slices))
+
+
+def test_mutated_traces_never_crash(synth, tmp_path):
+    """Random byte damage: a Trace of the valid prefix or a PrismError, never a crash or other exception."""
+    path, data = synth
+    rng = np.random.default_rng(7)
+    outcomes = {"trace": 0, "error": 0}
+    for i in range(60):
+        buf = bytearray(data[: rng.integers(1, len(data))] if i % 3 == 0 else data)
+        for _ in range(int(rng.integers(1, 8))):
+            buf[int(rng.integers(0, len(buf)))] = int(rng.integers(0, 256))
+        p = tmp_path / f"m{i}.pftrace"
+        p.write_bytes(bytes(buf))
+        try:
+            t = load_quiet(p)
+        except PrismError as e:
+            assert "\n" not in str(e)
+            outcomes["error"] += 1
+            continue
+        outcomes["trace"] += 1
+        assert t.slices["ts"].is_monotonic_increasing
+        _ = t.batches, t.requests, t.sched
+    assert outcomes["trace"] > 0

@@ -10,8 +10,13 @@ import warnings
 
 from . import _pywire
 
+ABI = 2   # must match _wire.c's ABI constant: a stale build is not used
+
+_stale = False
 try:
     from . import _wire as _native  # type: ignore[attr-defined]
+    if getattr(_native, "ABI", None) != ABI:
+        _native, _stale = None, True
 except ImportError:  # pragma: no cover - depends on the build
     _native = None
 
@@ -31,8 +36,9 @@ def module(pure_python: bool | None = None):
         return _native
     if _native is None and not pure_python and not _warned:
         _warned = True
-        warnings.warn("prismkit.trace: the native decoder (prismkit/trace/_wire.c) is not built; "
-                      "using the pure-Python reader, which is about 30x slower. "
+        what = "is out of date" if _stale else "is not built"
+        warnings.warn(f"prismkit.trace: the native decoder (prismkit/trace/_wire.c) {what}; "
+                      "using the pure-Python reader, which is about 50x slower. "
                       "Rebuild with `pip install -e .`.", RuntimeWarning, stacklevel=3)
     return _pywire
 

@@ -44,8 +44,8 @@ def _fields(buf, pos: int, end: int):
         if tag is None:
             raise _Bad("bad field tag")
         num, wt = tag >> 3, tag & 7
-        if num == 0:
-            raise _Bad("field number 0")
+        if num == 0 or num > 0x1FFFFFFF:
+            raise _Bad("field number out of range")
         if wt == 0:
             v, pos = _varint(buf, pos, end)
             if v is None:

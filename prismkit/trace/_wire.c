@@ -235,7 +235,8 @@ typedef struct { int set, incremental; int64_t last; uint64_t mult; } ClockInfo;
 typedef struct {
     uint32_t seq_id;
     int valid;
-    U64Map intern;
+    U64Map intern;                 /* interned ids that do not fit the dense tables */
+    int32_t *dense[5]; size_t dcap[5], dmax[5];   /* kind -> iid -> string code (-1: none) */
     int has_defaults;
     uint32_t def_clock;
     int has_def_track; uint64_t def_track;
@@ -269,6 +270,7 @@ typedef struct {
     uint64_t *xd_uuid; size_t xd_n, xd_cap; double *xd_val; size_t xdv_n, xdv_cap;
     char *cbuf; size_t cbuf_cap;
     int depth;
+    int bad_nested;             /* nested_to_py met bad data (message in err_msg) */
 } Decoder;
 
 /* Parse errors: a message and the packet is rolled back. */
@@ -297,7 +299,7 @@ HOT int rd_field(Decoder *d, const uint8_t **pp, const uint8_t *end, Field *f) {
     uint64_t tag;
     if (rd_varint(pp, end, &tag) != 0) BAD("bad field tag");
     f->num = (uint32_t)(tag >> 3); f->wt = (int)(tag & 7);
-    if (f->num == 0 || (tag >> 3) > 0x1fffffff) BAD("field number 0");
+    if (f->num == 0 || (tag >> 3) > 0x1fffffff) BAD("field number out of range");
     switch (f->wt) {
     case 0: if (rd_varint(pp, end, &f->v) != 0) BAD("bad varint"); return 0;
     case 1: if (end - *pp < 8) BAD("truncated fixed64"); memcpy(&f->v, *pp, 8); *pp += 8; return 0;
@@ -332,8 +334,41 @@ static SeqState *get_seq(Decoder *d, uint32_t seq_id) {
     return s;
 }
 
+#define DENSE_MAX 65536
+
+HOT int intern_get(SeqState *s, int kind, uint64_t iid, int64_t *code) {
+    if (iid < s->dcap[kind]) {
+        int32_t c = s->dense[kind][iid];
+        if (c >= 0) { *code = c; return 1; }
+        return 0;
+    }
+    if (iid < DENSE_MAX) return 0;
+    return map_get(&s->intern, IKEY(kind, iid), code);
+}
+
+static int intern_put(SeqState *s, int kind, uint64_t iid, int32_t code) {
+    if (iid < DENSE_MAX) {
+        if (iid >= s->dcap[kind]) {
+            size_t nc = s->dcap[kind] ? s->dcap[kind] : 64;
+            while (nc <= iid) nc *= 2;
+            int32_t *a = realloc(s->dense[kind], nc * 4);
+            if (!a) { PyErr_NoMemory(); return -1; }
+            memset(a + s->dcap[kind], 0xff, (nc - s->dcap[kind]) * 4);
+            s->dense[kind] = a; s->dcap[kind] = nc;
+        }
+        s->dense[kind][iid] = code;
+        if (iid + 1 > s->dmax[kind]) s->dmax[kind] = iid + 1;
+        return 0;
+    }
+    return map_put(&s->intern, IKEY(kind, iid), code);
+}
+
 static void seq_clear(SeqState *s) {
     map_clear(&s->intern);
+    for (int k = 0; k < 5; k++) {
+        if (s->dmax[k]) memset(s->dense[k], 0xff, s->dmax[k] * 4);
+        s->dmax[k] = 0;
+    }
     s->has_defaults = 0; s->def_clock = 0; s->has_def_track = 0; s->def_track = 0;
     s->n_def_extra = 0; s->n_def_extra_d = 0;
     s->valid = 1;
@@ -395,7 +430,7 @@ static int da_to_py(Decoder *d, SeqState *s, const uint8_t *p, const uint8_t *en
     while (p < end) {
         if ((r = rd_field(d, &p, end, &f)) != 0) goto fail_r;
         switch (f.num) {
-        case 1: { if (f.wt != 0) goto bad; int64_t c; if (map_get(&s->intern, IKEY(K_DANAME, f.v), &c)) *key = (int32_t)c; else d->unresolved_iids++; break; }
+        case 1: { if (f.wt != 0) goto bad; int64_t c; if (intern_get(s, K_DANAME, f.v, &c)) *key = (int32_t)c; else d->unresolved_iids++; break; }
         case 10: { if (f.wt != 2) goto bad; int32_t c = strtab_intern(&d->st, f.lp, f.le - f.lp); if (c < 0) { r = -1; goto fail_r; } *key = c; break; }
         case 2: if (f.wt != 0) goto bad; Py_XDECREF(v); v = PyBool_FromLong(f.v != 0); break;
         case 3: case 7: if (f.wt != 0) goto bad; Py_XDECREF(v); v = PyLong_FromUnsignedLongLong(f.v); break;
@@ -403,10 +438,18 @@ static int da_to_py(Decoder *d, SeqState *s, const uint8_t *p, const uint8_t *en
         case 5: { if (f.wt != 1) goto bad; double x; memcpy(&x, &f.v, 8); Py_XDECREF(v); v = PyFloat_FromDouble(x); break; }
         case 6: case 9: if (f.wt != 2) goto bad; Py_XDECREF(v); v = str_from(f.lp, f.le); break;
         case 17: { if (f.wt != 0) goto bad; int64_t c; Py_XDECREF(v);
-            if (map_get(&s->intern, IKEY(K_DASTR, f.v), &c)) v = intern_str_obj(d, (int32_t)c);
+            if (intern_get(s, K_DASTR, f.v, &c)) v = intern_str_obj(d, (int32_t)c);
             else { d->unresolved_iids++; v = Py_NewRef(Py_None); }
             break; }
-        case 8: if (f.wt != 2) goto bad; Py_XDECREF(v); v = nested_to_py(d, f.lp, f.le); if (!v) goto fail; break;
+        case 8:
+            if (f.wt != 2) goto bad;
+            Py_XDECREF(v);
+            v = nested_to_py(d, f.lp, f.le);
+            if (!v) {
+                if (d->bad_nested) { d->bad_nested = 0; PyErr_Clear(); r = -2; goto fail_r; }
+                goto fail;
+            }
+            break;
         case 11: {
             if (f.wt != 2) goto bad;
             if (!dict) { dict = PyDict_New(); if (!dict) goto fail; }
@@ -452,7 +495,7 @@ static PyObject *nested_to_py(Decoder *d, const uint8_t *p, const uint8_t *end) 
     if (!keys || !vals || !arr) goto done;
     while (p < end) {
         if ((r = rd_field(d, &p, end, &f)) != 0) {
-            if (r == -2) PyErr_SetString(PyExc_ValueError, d->err_msg);
+            if (r == -2) d->bad_nested = 1;
             goto done;
         }
         PyObject *x = NULL;
@@ -499,7 +542,7 @@ static int parse_annotation(Decoder *d, SeqState *s, const uint8_t *p, const uin
     while (p < end) {
         if ((r = rd_field(d, &p, end, &f)) != 0) return r;
         switch (f.num) {
-        case 1: { WANT(0); int64_t c; named = 1; if (map_get(&s->intern, IKEY(K_DANAME, f.v), &c)) key = (int32_t)c; else { d->unresolved_iids++; key = -1; } break; }
+        case 1: { WANT(0); int64_t c; named = 1; if (intern_get(s, K_DANAME, f.v, &c)) key = (int32_t)c; else { d->unresolved_iids++; key = -1; } break; }
         case 10: { WANT(2); named = 1; int32_t c = strtab_intern(&d->st, f.lp, f.le - f.lp); if (c < 0) return -1; key = c; break; }
         case 2: WANT(0); type = A_BOOL; val = f.v != 0; break;
         case 3: WANT(0); type = A_UINT; val = (int64_t)f.v; break;
@@ -507,7 +550,7 @@ static int parse_annotation(Decoder *d, SeqState *s, const uint8_t *p, const uin
         case 5: WANT(1); type = A_DOUBLE; val = (int64_t)f.v; break;
         case 7: WANT(0); type = A_PTR; val = (int64_t)f.v; break;
         case 6: case 9: { WANT(2); int32_t c = strtab_intern(&d->st, f.lp, f.le - f.lp); if (c < 0) return -1; type = f.num == 6 ? A_STR : A_JSON; val = c; break; }
-        case 17: { WANT(0); int64_t c; if (map_get(&s->intern, IKEY(K_DASTR, f.v), &c)) { type = A_STR; val = c; } else { d->unresolved_iids++; type = A_NONE; } break; }
+        case 17: { WANT(0); int64_t c; if (intern_get(s, K_DASTR, f.v, &c)) { type = A_STR; val = c; } else { d->unresolved_iids++; type = A_NONE; } break; }
         case 8: case 11: case 12: WANT(2); nested = 1; break;
         default: break;
         }
@@ -550,7 +593,7 @@ static int parse_interned(Decoder *d, SeqState *s, const uint8_t *p, const uint8
         if (!sp) { sp = se = f.lp; }
         int32_t c = strtab_intern(&d->st, sp, se - sp);
         if (c < 0) return -1;
-        if (map_put(&s->intern, IKEY(kind, iid), c) < 0) return -1;
+        if (intern_put(s, kind, iid, c) < 0) return -1;
     }
     return 0;
 }
@@ -681,7 +724,7 @@ static int parse_track_event(Decoder *d, SeqState *s, const uint8_t *p, const ui
         if ((r = rd_field(d, &p, end, &f)) != 0) return r;
         switch (f.num) {
         case 9: WANT(0); type = (int64_t)f.v; has_type = 1; break;
-        case 10: { WANT(0); int64_t c; if (map_get(&s->intern, IKEY(K_NAME, f.v), &c)) name = (int32_t)c; else d->unresolved_iids++; break; }
+        case 10: { WANT(0); int64_t c; if (intern_get(s, K_NAME, f.v, &c)) name = (int32_t)c; else d->unresolved_iids++; break; }
         case 23: { WANT(2); int32_t c = strtab_intern(&d->st, f.lp, f.le - f.lp); if (c < 0) return -1; name = c; break; }
         case 11: WANT(0); track = f.v; has_track = 1; break;
         case 3: {
@@ -694,7 +737,7 @@ static int parse_track_event(Decoder *d, SeqState *s, const uint8_t *p, const ui
                 if (q) { if (q >= qe) break; if (rd_varint(&q, qe, &iid) != 0) BAD("bad packed category_iids"); }
                 else iid = one;
                 int64_t c;
-                if (map_get(&s->intern, IKEY(K_CAT, iid), &c)) { if (ncat < 8) cat_codes[ncat++] = (int32_t)c; }
+                if (intern_get(s, K_CAT, iid, &c)) { if (ncat < 8) cat_codes[ncat++] = (int32_t)c; }
                 else d->unresolved_iids++;
                 if (!q) break;
             }
@@ -715,7 +758,7 @@ static int parse_track_event(Decoder *d, SeqState *s, const uint8_t *p, const ui
             const uint8_t *q = f.lp; Field g;
             while (q < f.le) {
                 if ((r = rd_field(d, &q, f.le, &g)) != 0) return r;
-                if (g.num == 1 && g.wt == 0) { int64_t c; if (map_get(&s->intern, IKEY(K_NAME, g.v), &c)) legacy_name = (int32_t)c; else d->unresolved_iids++; }
+                if (g.num == 1 && g.wt == 0) { int64_t c; if (intern_get(s, K_NAME, g.v, &c)) legacy_name = (int32_t)c; else d->unresolved_iids++; }
                 else if (g.num == 2 && g.wt == 0) phase = (int64_t)g.v;
                 else if (g.num == 3 && g.wt == 0) dur = (int64_t)g.v * 1000;
             }
@@ -976,6 +1019,7 @@ static void Decoder_dealloc(Decoder *self) {
     strtab_free(&self->st);
     for (size_t i = 0; i < self->nseq; i++) {
         map_free(&self->seqs[i].intern); free(self->seqs[i].def_extra); free(self->seqs[i].def_extra_d);
+        for (int k = 0; k < 5; k++) free(self->seqs[i].dense[k]);
     }
     free(self->seqs); map_free(&self->seqmap); map_free(&self->gclock_mult);
     free(self->x_uuid); free(self->x_ival); free(self->xd_uuid); free(self->xd_val); free(self->cbuf);
@@ -1263,6 +1307,6 @@ PyMODINIT_FUNC PyInit__wire(void) {
     if (PyModule_AddObject(m, "Decoder", (PyObject *)&DecoderType) < 0) { Py_DECREF(&DecoderType); Py_DECREF(m); return NULL; }
     Py_INCREF(&BufType);
     if (PyModule_AddObject(m, "Buf", (PyObject *)&BufType) < 0) { Py_DECREF(&BufType); Py_DECREF(m); return NULL; }
-    PyModule_AddIntConstant(m, "ABI", 1);
+    PyModule_AddIntConstant(m, "ABI", 2);   /* bump with any change of the functions' contracts (_backend.ABI) */
     return m;
 }

@@ -132,33 +132,33 @@ class Trace:
         s = self.slices
         if len(rows) == 0:
             return _empty(BATCH_COLS, {"name": str, "phase": str})
-        out = pd.DataFrame({
-            "slice_id": rows,
+        cols: dict = {
+            "slice_id": rows.astype(np.int64),
             "ts": s["ts"].to_numpy()[rows],
             "dur": s["dur"].to_numpy()[rows],
             "pid": s["pid"].array[rows],
             "tid": s["tid"].array[rows],
-            "name": np.asarray(s["name"].array[rows], dtype=object),
-        })
+            "name": pd.Series(np.asarray(s["name"].array[rows], dtype=object), dtype=object),
+        }
         for k in BATCH_INT_COLS:
-            out[k] = self._int_col(k, rows)
+            cols[k] = self._int_col(k, rows)
         phase = self._args.column("phase", rows, default=None)
         if phase.dtype != object or (phase == None).any():  # noqa: E711
-            pre = out["n_prefill_tokens"].to_numpy(dtype=float)
-            dec = out["n_decode_tokens"].to_numpy(dtype=float)
+            pre = np.asarray(cols["n_prefill_tokens"], dtype=float)
+            dec = np.asarray(cols["n_decode_tokens"], dtype=float)
             derived = np.where(pre > 0, np.where(dec > 0, "mixed", "prefill"),
                                np.where(dec > 0, "decode", None)).astype(object)
             derived[np.isnan(pre) | np.isnan(dec)] = None
             phase = np.asarray(phase, dtype=object)
             miss = np.array([p is None for p in phase], dtype=bool)
             phase[miss] = derived[miss]
-        out["phase"] = pd.array(phase, dtype=object)
-        out["ret"] = self._int_col("ret", rows)
+        cols["phase"] = pd.Series(phase, dtype=object)
+        cols["ret"] = self._int_col("ret", rows)
         for k in self._args.keys(rows):
-            if k not in out.columns:
-                out[k] = self._args.column(k, rows)
-        cols = [c for c in BATCH_COLS if c in out.columns] + [c for c in out.columns if c not in BATCH_COLS]
-        return out[cols].reset_index(drop=True)
+            if k not in cols:
+                cols[k] = self._args.column(k, rows)
+        order = [c for c in BATCH_COLS if c in cols] + [c for c in cols if c not in BATCH_COLS]
+        return pd.DataFrame({c: cols[c] for c in order}, copy=False)
 
     @functools.cached_property
     def requests(self) -> pd.DataFrame:
@@ -212,8 +212,8 @@ class Trace:
         ftok_f = np.asarray(ftok, dtype=float)
         ts_end = ts + dur
         tpot = np.where(n_chunks > 1, (ts_end - ftok_f) / np.maximum(n_chunks - 1, 1), np.nan)
-        out = pd.DataFrame({
-            "slice_id": rows,
+        out = {
+            "slice_id": rows.astype(np.int64),
             "req_id": req_id,
             "ts_arrival": ts,
             "ts_first_token": _nullable_int(ftok_f),
@@ -225,12 +225,12 @@ class Trace:
             "bytes_in": _maybe_int(self._int_col("bytes_in", rows)),
             "bytes_out": _maybe_int(self._int_col("bytes_out", rows)),
             "pid": s["pid"].array[rows],
-            "track": np.asarray(s["track"].array[rows], dtype=object),
-        })
+            "track": pd.Series(np.asarray(s["track"].array[rows], dtype=object), dtype=object),
+        }
         for k in self._args.keys(rows):
-            if k not in out.columns:
+            if k not in out:
                 out[k] = self._args.column(k, rows)
-        return out.reset_index(drop=True)
+        return pd.DataFrame(out, copy=False)
 
     @functools.cached_property
     def sched(self) -> pd.DataFrame:
@@ -243,20 +243,19 @@ class Trace:
         s = self.slices
         if len(rows) == 0:
             return _empty(SCHED_COLS, {"reason": str, "by_comm": str, "track": str})
-        out = pd.DataFrame({
-            "slice_id": rows,
+        return pd.DataFrame({
+            "slice_id": rows.astype(np.int64),
             "ts": s["ts"].to_numpy()[rows],
             "dur": s["dur"].to_numpy()[rows],
             "pid": s["pid"].array[rows],
             "tid": s["tid"].array[rows],
-            "reason": np.asarray(s["name"].array[rows], dtype=object),
+            "reason": pd.Series(np.asarray(s["name"].array[rows], dtype=object), dtype=object),
             "by_pid": _maybe_int(self._int_col("by_pid", rows)),
-            "by_comm": self._args.column("by_comm", rows, default=None),
+            "by_comm": pd.Series(self._args.column("by_comm", rows, default=None), dtype=object),
             "runq_wait_ns": _maybe_int(self._int_col("runq_wait_ns", rows)),
             "cpu": _maybe_int(self._int_col("cpu", rows)),
-            "track": np.asarray(s["track"].array[rows], dtype=object),
-        })
-        return out.reset_index(drop=True)
+            "track": pd.Series(np.asarray(s["track"].array[rows], dtype=object), dtype=object),
+        }, copy=False)
 
     # -- export ----------------------------------------------------------------
     def to_chrome_json(self, path) -> None:
