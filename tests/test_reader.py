@@ -739,3 +739,58 @@ def test_mutated_traces_never_crash(synth, tmp_path):
         assert t.slices["ts"].is_monotonic_increasing
         _ = t.batches, t.requests, t.sched
     assert outcomes["trace"] > 0
+
+
+def test_trace_processor_backend_conversion_with_a_stand_in(monkeypatch, rich_path, tmp_path):
+    """The TraceProcessor code path, with a stand-in for the binary's query results."""
+    import perfetto.trace_processor as tpmod
+
+    seen = {}
+
+    class Result:
+        def __init__(self, df):
+            self.df = df
+
+        def as_pandas_dataframe(self):
+            return self.df
+
+    class FakeTP:
+        def __init__(self, trace=None, config=None):
+            seen["trace"], seen["config"] = trace, config
+
+        def query(self, sql):
+            if "from slice s" in sql:
+                return Result(pd.DataFrame({
+                    "id": [10, 11], "ts": [100, 150], "dur": [100, 0], "name": ["outer", "mark"],
+                    "category": ["batch", None], "depth": [0, 1], "parent_id": [None, 10], "track_id": [1, 1],
+                    "arg_set_id": [5, None], "track_name": ["main", "main"], "tid": [11, 11], "pid": [10, 10]}))
+            if "from counter c" in sql:
+                return Result(pd.DataFrame({"ts": [120], "value": [2.5], "track_id": [2], "track_name": ["mem"],
+                                            "tid": [None], "pid": [10]}))
+            if "from args a" in sql:
+                return Result(pd.DataFrame({
+                    "arg_set_id": [5, 5, 5], "key": ["debug.n_tokens", "debug.phase", "debug.ratio"],
+                    "int_value": [7, None, None], "string_value": [None, "decode", None],
+                    "real_value": [None, None, 0.5], "value_type": ["int", "string", "real"]}))
+            if "from flow" in sql:
+                return Result(pd.DataFrame({"slice_out": [10], "slice_in": [11]}))
+            return Result(pd.DataFrame({"id": [1, 2], "name": ["main", "mem"],
+                                        "type": ["thread_track", "process_counter_track"]}))
+
+        def close(self):
+            seen["closed"] = True
+
+    monkeypatch.setattr(tpmod, "TraceProcessor", FakeTP)
+    binary = tmp_path / "trace_processor_shell"
+    binary.write_text("#!/bin/sh\nexit 1\n")
+    binary.chmod(0o755)
+    t = load_trace(rich_path, trace_processor_bin=str(binary))
+    assert seen["config"].bin_path == str(binary) and not seen["config"].fetch_latest_trace_processor
+    assert seen["closed"] and t.metadata["reader"] == "trace_processor"
+    outer = one(t, "outer")
+    assert (outer["ts"], outer["dur"], outer["track"], outer["pid"], outer["tid"]) == (100, 100, "main", 10, 11)
+    assert outer["args"] == {"n_tokens": 7, "phase": "decode", "ratio": 0.5}
+    assert one(t, "mark")["parent_id"] == outer.name
+    assert t.flows[["from_slice", "to_slice"]].values.tolist() == [[0, 1]]
+    assert t.counters[["ts", "value"]].values.tolist() == [[120, 2.5]]
+    assert t.batches["n_tokens"].tolist() == [7] and t.batches["phase"].tolist() == ["decode"]

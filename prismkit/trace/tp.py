@@ -19,8 +19,8 @@ from .reader import CLOCK_NAMES, empty_counters
 SLICES_SQL = """
 select s.id, s.ts, s.dur, s.name, s.category, s.depth, s.parent_id, s.track_id, s.arg_set_id,
        t.name as track_name,
-       coalesce(th.tid, tth.tid) as tid,
-       coalesce(p.pid, tp.pid, thp.pid) as pid
+       th.tid as tid,
+       coalesce(p.pid, thp.pid) as pid
 from slice s
 left join track t on t.id = s.track_id
 left join thread_track tt on tt.id = s.track_id
@@ -28,8 +28,6 @@ left join thread th on th.utid = tt.utid
 left join process thp on thp.upid = th.upid
 left join process_track pt on pt.id = s.track_id
 left join process p on p.upid = pt.upid
-left join thread tth on 0
-left join process tp on 0
 order by s.ts, s.id
 """
 
@@ -71,7 +69,9 @@ def load_with_trace_processor(path: str, bin_path: str, clock: int | None = None
     except ImportError as e:  # pragma: no cover - perfetto is a dependency
         raise PrismError(f"the perfetto package is needed for the TraceProcessor backend: {e}") from None
     try:
-        tp = TraceProcessor(trace=path, config=TraceProcessorConfig(bin_path=bin_path))
+        # bin_path given and fetch_latest off: the perfetto package never downloads a binary
+        tp = TraceProcessor(trace=path, config=TraceProcessorConfig(bin_path=bin_path,
+                                                                   fetch_latest_trace_processor=False))
     except Exception as e:
         raise PrismError(f"trace_processor could not load {path}: {str(e).splitlines()[0] if str(e) else e}") from None
     try:
