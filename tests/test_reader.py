@@ -794,3 +794,21 @@ def test_trace_processor_backend_conversion_with_a_stand_in(monkeypatch, rich_pa
     assert t.flows[["from_slice", "to_slice"]].values.tolist() == [[0, 1]]
     assert t.counters[["ts", "value"]].values.tolist() == [[120, 2.5]]
     assert t.batches["n_tokens"].tolist() == [7] and t.batches["phase"].tolist() == ["decode"]
+
+
+def test_packets_larger_than_the_read_chunk(tmp_path):
+    from prismkit.trace import reader
+
+    big = "x" * (3 * reader.CHUNK + 123)
+    p = _pkt(1, ts=5, sequence_flags=CLEARED)
+    p.track_event.type, p.track_event.track_uuid, p.track_event.name = TE.TYPE_INSTANT, 1, "big"
+    p.track_event.debug_annotations.add(name="blob", string_value=big)
+    q = _pkt(1, ts=6, sequence_flags=NEEDS)
+    q.track_event.type, q.track_event.track_uuid, q.track_event.name = TE.TYPE_INSTANT, 1, "after"
+    data = write_packets(tmp_path / "big.pftrace", [p, q])
+    t = load_trace(tmp_path / "big.pftrace")
+    assert one(t, "big")["args"] == {"blob": big} and one(t, "after")["ts"] == 6
+    (tmp_path / "cut.pftrace").write_bytes(data[: len(data) - 10])
+    with pytest.warns(TraceWarning, match=f"at byte offset {packet_offsets(data)[1][0]}"):
+        c = load_trace(tmp_path / "cut.pftrace")
+    assert c.slices["name"].tolist() == ["big"]

@@ -637,7 +637,6 @@ class Decoder:
     def _da_to_py(self, buf, s: _Seq, a: int, b: int):
         key = -1
         v = None
-        has_v = False
         dct = None
         lst = None
         for num, wt, x in _fields(buf, a, b):
@@ -684,7 +683,6 @@ class Decoder:
                 if lst is None:
                     lst = []
                 lst.append(self._da_to_py(buf, s, *x)[1])
-            has_v = True
         if dct is not None:
             return key, dct
         if lst is not None:

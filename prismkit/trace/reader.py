@@ -17,7 +17,6 @@ Pipeline (see docs/trace-format.md for the conventions):
 """
 from __future__ import annotations
 
-import gzip
 import os
 import warnings
 import zlib
@@ -464,7 +463,16 @@ def decode_perfetto(src: _Source, pure_python: bool | None = None) -> tuple[dict
     pending = b""
     offset = 0
     stop = None
+    waiting: list[bytes] = []    # chunks held back while a packet larger than a chunk completes
+    waiting_n = 0
     for chunk in src.chunks():
+        if len(pending) > CHUNK:
+            waiting.append(chunk)
+            waiting_n += len(chunk)
+            if waiting_n < len(pending):   # feed again only once the data has doubled: O(n) copying
+                continue
+            chunk = b"".join(waiting)
+            waiting, waiting_n = [], 0
         buf = pending + chunk if pending else chunk
         consumed = dec.feed(buf, offset)
         if dec.error is not None:
@@ -474,6 +482,16 @@ def decode_perfetto(src: _Source, pure_python: bool | None = None) -> tuple[dict
             break
         offset += consumed
         pending = buf[consumed:]
+    if stop is None and waiting:
+        buf = pending + b"".join(waiting)
+        consumed = dec.feed(buf, offset)
+        if dec.error is not None:
+            off, msg = dec.error
+            stop = Stop(off, f"damaged packet ({msg})", src.gzipped)
+            pending = b""
+        else:
+            offset += consumed
+            pending = buf[consumed:]
     if stop is None and pending:
         stop = Stop(offset, f"incomplete packet ({len(pending)} bytes; file truncated or still being written)",
                     src.gzipped)
