@@ -167,13 +167,13 @@ def main(argv: list[str] | None = None) -> None:
             py["events"] = ps["events"]
     n = summ["events"]
     print()
-    print(f"{'reader':<44} {'wall s':>8} {'cpu s':>8} {'events/s (wall)':>16} {'events/s (cpu)':>15}")
+    print(f"{'reader':<52} {'wall s':>8} {'cpu s':>8} {'events/s (wall)':>16} {'events/s (cpu)':>15}")
     rows = [(f"prismkit load_trace ({nat['reader']})", nat, n),
             ("perfetto protobuf classes, packet by packet", pb, n)]
     if py:
-        rows.append((f"prismkit load_trace (pure-Python fallback, {py['events']:,} ev)", py, py["events"]))
+        rows.append((f"pure-Python fallback ({py['events']:,} events)", py, py["events"]))
     for label, r, ev in rows:
-        print(f"{label:<44} {r['wall']:>8.3f} {r['cpu']:>8.3f} {ev / r['wall']:>16,.0f} {ev / r['cpu']:>15,.0f}")
+        print(f"{label:<52} {r['wall']:>8.3f} {r['cpu']:>8.3f} {ev / r['wall']:>16,.0f} {ev / r['cpu']:>15,.0f}")
     print()
     print(f"speed-up native vs protobuf classes: {pb['wall'] / nat['wall']:.1f}x (wall), "
           f"{pb['cpu'] / nat['cpu']:.1f}x (cpu)")
