@@ -149,6 +149,9 @@ def link_request(log: BatchLog, ts_arrival: int, token_ts: list[int],
     for b in run:
         common &= b.seq_mask
     slots = slots_of(common)
+    if len(slots) > 1 and j > 0:
+        # The request's slot joined at its prefill batch: prefer slots the batch before lacked.
+        slots = [s for s in slots if not batches[j - 1].seq_mask >> s & 1] or slots
     ids = [b.batch_id for b in run]
     flows = []
     for b in run:

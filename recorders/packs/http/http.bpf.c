@@ -67,8 +67,9 @@ struct http_call {          // a syscall in progress on a tracked fd
 BPF_RINGBUF_OUTPUT(http_events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(http_lost, u64, 1);
 BPF_HASH(http_listen, u32, u32, 64);                 // listening fd -> port (filled by pack.py)
-BPF_HASH(http_conns, u64, struct http_conn, 65536);  // (tgid << 32 | fd) -> connection
-BPF_HASH(http_calls, u32, struct http_call, 4096);   // tid -> syscall in progress
+// LRU: a close we never see (close_range, exit) cannot fill the tables for good.
+BPF_TABLE("lru_hash", u64, struct http_conn, http_conns, 65536);  // (tgid << 32 | fd) -> connection
+BPF_TABLE("lru_hash", u32, struct http_call, http_calls, 4096);   // tid -> syscall in progress
 
 static __always_inline void http_count_lost(void) {
     int zero = 0;

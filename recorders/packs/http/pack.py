@@ -28,12 +28,22 @@ So, from sizes and order only (no payload byte is read):
   single write has its first token there).
 
 Trace output (docs/trace-format.md): a slice `request` (category `request`) per
-request on a lane track `requests <n>` under the process (concurrent requests
-on different lanes), args req_id, fd, port, bytes_in, bytes_out, n_chunks,
-n_writes, streamed, ts_first_byte, ts_first_token, ttft_ns, e2e_ns, tpot_ns
-(n_chunks > 2), path (only with capture_paths); instants `first_token` and
-`chunk` (category `request`) on the same lane; flows from the request to the
-batches that served it when the llama.cpp pack reports its batches (see
+request, from arrival to the last write of its response, on a lane track
+`requests <n>` under the process (lanes are reused; requests that overlap in
+time are on different lanes), written 0.3 s after the request ended (so the
+batches that served it have arrived), with args
+  req_id, fd, tid (thread that read it), port, bytes_in, bytes_out, n_writes,
+  ts_first_byte (response head), ts_first_token, ts_last_chunk, n_chunks,
+  n_tokens (chunks that carry a token: all but a closing summary event that is
+  clearly larger than the token events), streamed, ttft_ns, e2e_ns,
+  tpot_ns = (end - first token) / (n_tokens - 1) when n_tokens >= 2,
+  ended_by (next_request, eof, shutdown, close, reused, recording_stopped),
+  ts_accept (first request of a connection accepted during the recording),
+  path (only with capture_paths), and when linked to batches: n_batches,
+  first_batch_id, slot (when a single slot fits);
+instants `first_token` and `chunk` (category `request`) on the same lane; flow
+ids from the request slice to each batch that served it, when the llama.cpp
+pack reports its batches to the `batch_observers` in ctx.options (see
 `on_batch` and flows.py).
 
 Option `capture_paths` (ctx.options, default off): record the request target
@@ -183,7 +193,6 @@ class HttpPack(ProbePack):
         self._conns: dict[int, Connection] = {}
         self._done: deque[Request] = deque()
         self._lanes: list[int] = []  # lane n -> end of the last slice written on it
-        self._lane_tracks: dict[int, int] = {}
         self._next_req = 0
         self._capture_paths = False
         self._batches = BatchLog()
@@ -219,7 +228,7 @@ class HttpPack(ProbePack):
         conns = bpf[b"http_conns"]
         for s in sockets.served_connections(target.pid, ports):
             # Open connections (keep-alive) from before the recording: their next request counts.
-            conns[ct.c_uint64(target.pid << 32 | s.fd)] = (ct.c_uint32 * 2)(s.local_port, 0)
+            conns[conns.Key(target.pid << 32 | s.fd)] = conns.Leaf(s.local_port, 0)
             self._conns[s.fd] = Connection(s.fd, s.local_port, None)
         attached, failed = [], []
         for tp, fn in [(f"sys_enter_{n}", f) for n, f in ENTER] + [(f"sys_exit_{n}", f) for n, f in EXIT]:
