@@ -20,17 +20,26 @@ import pytest
 from conftest import require
 
 BUSY_COMM = "prism-busy"
-# A CPU hog with a name of its own (PR_SET_NAME = 15), so the trace can name it.
-BUSY = ("import ctypes\n"
-        f"ctypes.CDLL(None).prctl(15, b'{BUSY_COMM}', 0, 0, 0)\n"
-        "while True:\n    pass\n")
+BUSY = "while True:\n    pass\n"
+
+
+def busy_python() -> str:
+    """The Python interpreter under the name prism-busy, so that its comm is that from exec on."""
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / f"prism-os-probes-{os.getuid()}" / BUSY_COMM
+    path.parent.mkdir(exist_ok=True)
+    if not path.exists():
+        path.symlink_to(os.path.realpath(sys.executable))
+    return str(path)
 
 
 def start_busy(cpus: list[int], per_cpu: int = 1) -> list[subprocess.Popen]:
+    """CPU hogs pinned one per CPU in `cpus`, named prism-busy."""
     procs = []
     for cpu in cpus:
         for _ in range(per_cpu):
-            procs.append(subprocess.Popen([sys.executable, "-c", BUSY],
+            procs.append(subprocess.Popen([busy_python(), "-S", "-c", BUSY],
                                           preexec_fn=lambda c=cpu: os.sched_setaffinity(0, {c})))
     return procs
 
@@ -73,8 +82,10 @@ def contended(server, bpf_ok, tmp_path_factory):
     cpus = sorted(os.sched_getaffinity(server.pid))
     rec = Recorder(server.pid, out, packs=os_packs(), sample_interval_s=0.1, verbose=False)
     rec.start_background()
+    schedstat_before = read_schedstat(server.pid)
     busy: list[subprocess.Popen] = []
     busy_window = (0, 0)
+    schedstat_after = {}
     try:
         specs = lambda n, seed: closed_loop(n, parse_length_dist("fixed:32"), parse_length_dist("fixed:32"), seed=seed)
         run_load(server.url, specs(1000, 1), concurrency=4, duration_s=1.0, progress=False)
@@ -84,9 +95,24 @@ def contended(server, bpf_ok, tmp_path_factory):
         busy_window = (t0, time.monotonic_ns())
     finally:
         stop_busy(busy)
+        schedstat_after = read_schedstat(server.pid)
         summary = rec.join(timeout=60)
     return {"trace": load_trace(out), "summary": summary, "busy_pids": {p.pid for p in busy},
-            "busy_window": busy_window, "cpus": cpus, "pid": server.pid}
+            "busy_window": busy_window, "cpus": cpus, "pid": server.pid,
+            "schedstat": (schedstat_before, schedstat_after)}
+
+
+def read_schedstat(pid: int) -> dict[int, tuple[int, int, int]]:
+    """tid -> (run ns, run-queue wait ns, times run) from /proc/PID/task/TID/schedstat."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                run, delay, slices = (int(x) for x in f.read().split()[:3])
+        except (OSError, ValueError):
+            continue
+        out[int(tid)] = (run, delay, slices)
+    return out
 
 
 def test_all_os_probes_attached(contended):
@@ -151,20 +177,34 @@ def test_sched_slices_well_formed(contended):
 
 
 def test_sched_totals_agree_with_schedstat(contended):
-    """On-CPU time from sched_switch agrees with the kernel's own per-thread run time (schedstat)."""
-    t = contended["trace"]
-    c = t.counters
-    args = summary_args(t, "sched.summary")
-    # busiest thread by BPF on-CPU time
-    oncpu = {int(k.split(".")[1]): v for k, v in args.items() if k.endswith(".oncpu_ns") and k.startswith("thread.")}
-    tid = max(oncpu, key=oncpu.get)
-    assert oncpu[tid] > 50_000_000
-    share = c[c["name"] == f"cpu.{tid}"].sort_values("ts")
-    assert len(share) > 10
-    dts = np.diff(share["ts"].to_numpy())
-    schedstat_ns = float((share["value"].to_numpy()[1:] * dts).sum())
-    # both cover the recording, give or take a sample interval at each end
-    assert schedstat_ns == pytest.approx(oncpu[tid], rel=0.25, abs=60_000_000)
+    """Switch counts, on-CPU time and run-queue wait from the tracepoints agree with the
+    kernel's own per-thread accounting (/proc/PID/task/TID/schedstat) over the recording.
+
+    Switch counts match exactly (one sched_switch per slice the kernel counts). On-CPU
+    time matches within a few % for busy threads; threads that run ~10 us at a time
+    differ by a few us per switch (the kernel starts a run at pick time, before the
+    tracepoint). schedstat's run-queue delay and ours differ more (e.g. EEVDF delayed
+    dequeue): only the totals are compared, loosely.
+    """
+    require(os.path.exists(f"/proc/{contended['pid']}/schedstat"), "kernel without schedstat")
+    args = summary_args(contended["trace"], "sched.summary")
+    before, after = contended["schedstat"]
+    busy_checked = 0
+    runq_bpf = runq_kernel = 0
+    for tid in set(before) & set(after):
+        run, delay, slices = (a - b for a, b in zip(after[tid], before[tid]))
+        if f"thread.{tid}.oncpu_ns" not in args or slices == 0:
+            continue
+        switches = args[f"thread.{tid}.nvcsw"] + args[f"thread.{tid}.nivcsw"]
+        # both also count the few ms between attaching and our /proc reads
+        assert switches == pytest.approx(slices, rel=0.05, abs=30), tid
+        runq_bpf += args[f"thread.{tid}.runq_ns"]
+        runq_kernel += delay
+        if run >= 100_000_000:
+            busy_checked += 1
+            assert args[f"thread.{tid}.oncpu_ns"] == pytest.approx(run, rel=0.15, abs=30_000_000), tid
+    assert busy_checked >= 1, "no server thread ran 100 ms during the recording"
+    assert runq_bpf == pytest.approx(runq_kernel, rel=0.5)
 
 
 def test_proc_counters_sane(contended):
@@ -173,14 +213,15 @@ def test_proc_counters_sane(contended):
     names = set(c["name"])
     pid = contended["pid"]
     rss = c[c["name"] == "rss_bytes"]["value"]
-    assert len(rss) > 10 and rss.between(1 << 20, 64 << 30).all()
+    # (sampled every 0.1 s, but the engine's loop can stall while it drains the ring buffers)
+    assert len(rss) >= 3 and rss.between(1 << 20, 64 << 30).all()
     with open(f"/proc/{pid}/statm") as f:
         now_rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     assert rss.iloc[-1] == pytest.approx(now_rss, rel=0.5)
     for res in ("cpu", "memory", "io"):
         if os.path.exists(f"/proc/pressure/{res}"):
             v = c[c["name"] == f"psi.{res}.some"]["value"]
-            assert len(v) > 10 and v.between(0, 100).all()
+            assert len(v) >= 3 and v.between(0, 100).all()
             assert (c[c["name"] == f"psi.{res}.some.stall_us"]["value"] >= 0).all()
     if os.path.exists("/proc/pressure/cpu"):
         # one busy process per CPU plus the server: CPU pressure must show
@@ -275,7 +316,7 @@ def test_cgroup_throttling_counter(tmp_path):
     cg = _make_cpu_cgroup(f"prism-test-{os.getpid()}", quota_us=10_000)
     if cg is None:
         pytest.skip("no writable cgroup with the cpu controller on this host")
-    child = subprocess.Popen([sys.executable, "-c", BUSY])
+    child = subprocess.Popen([busy_python(), "-S", "-c", BUSY])
     try:
         (cg / "cgroup.procs").write_text(str(child.pid))
         target = TargetProcess.from_pid(child.pid)
@@ -306,3 +347,101 @@ def test_cgroup_throttling_counter(tmp_path):
     assert c[c["name"] == "cgroup.quota_cpus"]["value"].iloc[0] == pytest.approx(0.1)
     share = c[c["name"] == f"cpu.{child.pid}"]["value"]
     assert share.mean() < 0.3, "the quota should hold the busy loop near 0.1 CPU"
+
+
+
+CHURN = """
+import hashlib, sys, threading, time
+sys.stdin.readline()                      # wait until the probes are attached
+def worker():
+    for _ in range(20):
+        time.sleep(0.01)                  # 20 blocked intervals of ~10 ms
+def spinner():                            # CPU work without the GIL (hashlib releases it)
+    data = bytes(1 << 20)
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:
+        hashlib.sha256(data).digest()
+ts = [threading.Thread(target=worker, name=f"w{i}") for i in range(3)]
+ts.append(threading.Thread(target=spinner, name="spin"))
+for t in ts: t.start()
+for t in ts: t.join()
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("min_offcpu_us", [0, 20_000])
+def test_sched_pack_on_thread_churn(bpf_ok, tmp_path, min_offcpu_us):
+    """The sched pack alone on a process whose threads sleep 20 x 10 ms and exit, one thread
+    spinning on a CPU shared with a busy process: exact counts, and the threshold keeps
+    preemptions by the other process."""
+    from bcc import BPF
+
+    from prismkit.trace import load_trace
+    from recorders.engine import RecordingContext
+    from recorders.packs.base import AttachReport
+    from recorders.packs.sched import PACK as Sched
+    from recorders.target import TargetProcess
+    from recorders.trace_writer import TraceWriter
+
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    child = subprocess.Popen([sys.executable, "-c", CHURN], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    busy: list[subprocess.Popen] = []
+    bpf = None
+    try:
+        target = TargetProcess.from_pid(child.pid)
+        pack = Sched()
+        options = {"min_offcpu_us": min_offcpu_us}
+        text = f"#define TARGET_PID {child.pid}\n#define RINGBUF_PAGES 64\n" + pack.bpf_text(target, options)
+        bpf = BPF(text=text.encode(), cflags=["-Wno-macro-redefined"])
+        pack.attach(bpf, target, AttachReport())
+        writer = TraceWriter(tmp_path / "churn.pftrace")
+        ctx = RecordingContext(writer, target, writer.process_track(target.pid, target.comm, target.cmdline), options)
+        pack.start(bpf, ctx)
+        busy = start_busy([cpu])
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+        stop_busy(busy)
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            bpf.ring_buffer_poll(timeout=50)
+            pack.sample(ctx, time.monotonic_ns())
+        bpf.ring_buffer_consume()
+        totals = pack.thread_totals()
+        pack.finish(bpf, ctx)
+        writer.close()
+    finally:
+        stop_busy(busy)
+        if bpf is not None:
+            bpf.cleanup()
+        child.kill()
+        child.wait()
+    exited = {tid: t for tid, t in totals.items() if tid != child.pid and t.get("exited")}
+    assert len(exited) == 4, f"expected 4 exited threads, got {totals}"
+    s = load_trace(tmp_path / "churn.pftrace").sched
+    sleepers = {tid: t for tid, t in exited.items() if t["blocked_ns"] >= 0.15e9}
+    assert len(sleepers) == 3, exited
+    args = summary_args(load_trace(tmp_path / "churn.pftrace"), "sched.summary")
+    # a switch the kernel skipped (another BPF user's map syscall preempted on that CPU) loses one block
+    missed = args.get("missed.switch", 0)
+    for tid, t in sleepers.items():
+        assert t["nvcsw"] >= 20 - missed, t              # at least one block per sleep
+        assert t["blocked_ns"] <= 1.5e9, t               # ~20 x 10 ms asleep
+        assert t["runq_ns"] > 0                           # first run after creation, wakeups after sleeps
+        mine = s[(s["tid"] == tid) & (s["reason"] == "blocked")]
+        long = mine[mine["dur"] >= 9_000_000]
+        if min_offcpu_us == 0:
+            assert 18 - missed <= len(long) <= 25, f"thread {tid}: {len(long)} sleeps of ~10 ms seen"
+            assert (long["runq_wait_ns"] < long["dur"]).all()
+            assert t["below_threshold"] == 0
+        else:
+            assert (mine["dur"] >= min_offcpu_us * 1000).all()
+            assert t["below_threshold"] >= 20 - missed, t   # the 10 ms sleeps: counted, not written
+    # the spinner shared its CPU with the busy process, which preempted it
+    by_busy = s[(s["reason"] == "preempted") & s["by_pid"].isin({p.pid for p in busy})]
+    assert len(by_busy) > 0, s.groupby(["reason", "by_comm"]).size()
+    assert set(by_busy["by_comm"]) == {BUSY_COMM}
+    if min_offcpu_us:
+        assert (by_busy["dur"] < min_offcpu_us * 1000).any(), "short preemptions by another process must be kept"

@@ -220,6 +220,10 @@ class ProcCountersPack(ProbePack):
     def sample(self, ctx, now_ns: int) -> None:
         if not self._pid:
             return
+        # Our own clock reading, not the engine's: other packs' sample() calls (and a
+        # ring buffer drain) can run between the two, and a share is only right over
+        # the interval between the /proc reads themselves.
+        now_ns = time.monotonic_ns()
         self.samples += 1
         dt = now_ns - self._prev_ts if self._prev_ts else 0
         self._sample_threads(ctx, now_ns, dt)

@@ -52,6 +52,21 @@ class SchedEvent(ct.Structure):
                 ("by_comm", ct.c_char * 16)]
 
 
+def _prog_misses(bpf, fn: str) -> int | None:
+    """recursion_misses of a loaded program (from its fdinfo), None if unknown."""
+    try:
+        func = bpf.funcs.get(fn.encode())
+        if func is None:
+            return None
+        with open(f"/proc/self/fdinfo/{func.fd}") as f:
+            for line in f:
+                if line.startswith("recursion_misses:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
 def _comm(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
 
@@ -222,6 +237,13 @@ class SchedPack(ProbePack):
                       "blocked_events": self.by_reason.get(BLOCKED, 0), "min_offcpu_us": self._min_offcpu_us,
                       # the recorder preempts the target too: name it so analysis can tell
                       "recorder_pid": os.getpid()}
+        # Invocations the kernel skipped because another BPF program (or a map syscall
+        # preempted while holding bpf_prog_active) was active on that CPU: intervals
+        # merged or missed there.
+        for _m, (_c, _e, _s, _f, fn) in _TRACEPOINTS.items():
+            misses = _prog_misses(bpf, fn)
+            if misses is not None:
+                args[f"missed.{fn.removeprefix('sched_on_')}"] = misses
         for tid, tot in sorted(self.thread_totals().items()):
             for key, value in tot.items():
                 args[f"thread.{tid}.{key}"] = value

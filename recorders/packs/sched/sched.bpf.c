@@ -261,8 +261,11 @@ int sched_on_wakeup_new(struct sched_wakeup_new_args *args) {
     t.reason = SCHED_NEW;
     t.ts_off = now;
     t.ts_wake = now;
-    sched_wait_begin(&t, (u32)args->target_cpu, now);
-    sched_threads.update(&pid, &t);
+    // The new thread may already run (and block) on another CPU while this runs:
+    // never overwrite what its own switch-out recorded.
+    if (sched_threads.insert(&pid, &t) != 0) return 0;
+    struct sched_thread *n = sched_threads.lookup(&pid);
+    if (n && n->reason == SCHED_NEW) sched_wait_begin(n, (u32)args->target_cpu, now);
     return 0;
 }
 #endif

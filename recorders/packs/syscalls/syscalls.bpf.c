@@ -27,12 +27,21 @@ BPF_HASH(sys_stats, struct sys_key, struct sys_val, 16384);
 BPF_ARRAY(sys_dropped, u64, 1);   // exits not recorded because sys_stats was full
 
 #if defined(SYSCALLS_HAVE_ENTER) && defined(SYSCALLS_HAVE_EXIT)
+// Steady state costs three hash lookups per syscall and no update/delete: the
+// per-thread in-flight slot is written in place and cleared by setting ts = 0.
 int sys_on_enter(struct sys_enter_args *args) {
     u64 id = bpf_get_current_pid_tgid();
     if ((id >> 32) != TARGET_PID) return 0;
     u32 tid = (u32)id;
-    struct sys_open o = {.ts = bpf_ktime_get_ns(), .nr = (u64)args->id};
-    sys_inflight.update(&tid, &o);
+    u64 now = bpf_ktime_get_ns();
+    struct sys_open *o = sys_inflight.lookup(&tid);
+    if (o) {
+        o->nr = (u64)args->id;
+        o->ts = now;
+    } else {
+        struct sys_open n = {.ts = now, .nr = (u64)args->id};
+        sys_inflight.update(&tid, &n);
+    }
     return 0;
 }
 
@@ -41,10 +50,10 @@ int sys_on_exit(struct sys_exit_args *args) {
     if ((id >> 32) != TARGET_PID) return 0;
     u32 tid = (u32)id;
     struct sys_open *o = sys_inflight.lookup(&tid);
-    if (!o) return 0;           // entered before the recording began
+    if (!o || o->ts == 0) return 0;   // entered before the recording began
     u64 dur = bpf_ktime_get_ns() - o->ts;
     struct sys_key key = {.tid = tid, .nr = (u32)o->nr};
-    sys_inflight.delete(&tid);
+    o->ts = 0;
     struct sys_val zero = {};
     struct sys_val *v = sys_stats.lookup_or_try_init(&key, &zero);
     if (!v) {
