@@ -134,6 +134,9 @@ struct step {
 static struct step *steps;
 static int layer_seq[10], sampler_seq[4], k_final_norm, k_lm_head;
 static handle_t triton_fn[2], triton_ex_fn;
+static const char *triton_names[3] = {"triton_fused_rms_rope_kernel", "triton_fused_moe_kernel",
+                                      "triton_logits_softcap_kernel"};
+static uint64_t triton_counts[3];
 static handle_t comm;
 static char buf_a[64], buf_b[64];
 
@@ -195,6 +198,7 @@ static void launch_step(const struct cfg *c, int k) {
             allreduce(c, s, n_tok * HIDDEN);                        /* after down_proj */
             for (int j = 0; j < c->triton_per_layer; j++) {
                 drvLaunchKernel(triton_fn[j % 2], 64, 1, 1, 128, 1, 1, 0, STREAM, NULL, NULL);
+                triton_counts[j % 2]++;
                 s->drv_launches++;
             }
         }
@@ -203,6 +207,7 @@ static void launch_step(const struct cfg *c, int k) {
         if (c->triton_per_layer) {
             CUlaunchConfig cfg = {64, 1, 1, 128, 1, 1, 0, STREAM, NULL, 0};
             cuLaunchKernelEx(&cfg, triton_ex_fn, NULL, NULL);
+            triton_counts[2]++;
             s->drv_launches++;
         }
 #endif
@@ -315,9 +320,9 @@ int main(int argc, char **argv) {
     ncclUniqueId id;
     ncclGetUniqueId(&id);
     if (c.tp > 1 && ncclCommInitRank(&comm, c.tp, id, c.rank) != 0) return 1;
-    drvGetFunction(&triton_fn[0], NULL, "triton_fused_rms_rope_kernel");
-    drvGetFunction(&triton_fn[1], NULL, "triton_fused_moe_kernel");
-    drvGetFunction(&triton_ex_fn, NULL, "triton_logits_softcap_kernel");
+    drvGetFunction(&triton_fn[0], NULL, triton_names[0]);
+    drvGetFunction(&triton_fn[1], NULL, triton_names[1]);
+    drvGetFunction(&triton_ex_fn, NULL, triton_names[2]);
     if (c.bench) {
         bench(c.bench);
         return 0;
@@ -367,6 +372,13 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n_kernels; i++) {
         if (!kernels[i].count) continue;
         printf("%s\"%s\": %llu", first ? "" : ", ", kernels[i].name, (unsigned long long)kernels[i].count);
+        first = 0;
+    }
+    printf("}, \"drv_kernels\": {");
+    first = 1;
+    for (int i = 0; i < 3; i++) {
+        if (!triton_counts[i]) continue;
+        printf("%s\"%s\": %llu", first ? "" : ", ", triton_names[i], (unsigned long long)triton_counts[i]);
         first = 0;
     }
     printf("}}\n");
