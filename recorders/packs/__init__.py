@@ -11,7 +11,7 @@ def default_packs() -> list[ProbePack]:
     from .llama_cpp import LlamaCppPack
 
     packs: list[ProbePack] = [LlamaCppPack()]
-    for optional in ("sched", "http", "syscalls", "proc_counters"):
+    for optional in ("sched", "http", "syscalls", "proc_counters", "cuda", "hip", "nccl", "python"):
         try:
             module = importlib.import_module(f"{__name__}.{optional}")
         except ModuleNotFoundError as err:
