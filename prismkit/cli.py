@@ -207,9 +207,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(model=args.model, duration_s=args.duration, port=args.port, out_dir=args.out)
 
 
+def _add_inject(sub: argparse._SubParsersAction) -> None:
+    from .inject.cli import add_arguments
+
+    add_arguments(sub.add_parser("inject", help="inject a fault or workload change into a live server, write labels"))
+
+
+def _cmd_inject(args: argparse.Namespace) -> int:
+    from .inject.cli import run
+
+    return run(args)
+
+
 COMMANDS = {"target": (_add_target, _cmd_target), "load": (_add_load, _cmd_load),
             "record": (_add_record, _cmd_record), "analyze": (_add_analyze, _cmd_analyze),
-            "demo": (_add_demo, _cmd_demo)}
+            "demo": (_add_demo, _cmd_demo), "inject": (_add_inject, _cmd_inject)}
 
 
 def build_parser() -> argparse.ArgumentParser:
