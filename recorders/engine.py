@@ -35,6 +35,9 @@ class RecordingContext:
     target: TargetProcess
     process_track: int
     options: dict
+    #: called with each batch an engine pack writes (a dict of its attributes and
+    #: tid, ts_start, ts_end); the flow ids they return go on the batch slice
+    batch_observers: list[Callable[[dict], list[int]]] = field(default_factory=list)
     _threads: dict[int, int] = field(default_factory=dict)
     _named: dict[str, int] = field(default_factory=dict)
 

@@ -44,32 +44,6 @@ PROMPT, OUTPUT, SEED = "uniform:8:200", "uniform:4:40", 7
 TOL_NS, TOL_REL = 5_000_000, 0.05
 
 
-# -- the batch hook (stand-in until LlamaCppPack calls batch observers itself) -----------------------
-class HookedLlamaCppPack(LlamaCppPack):
-    """LlamaCppPack plus the hook proposed for it: every batch is reported to the
-    `batch_observers` in ctx.options, and the flow ids they return go on the
-    batch slice. Used as is once LlamaCppPack does this itself."""
-
-    def _write_batch(self, ev) -> None:
-        observers = self._ctx.options.get("batch_observers", ())
-        if getattr(LlamaCppPack, "calls_batch_observers", False) or not observers:
-            return super()._write_batch(ev)
-        writer = self._ctx.writer
-        begin = writer.begin
-
-        def begin_with_flows(track, ts, name, category, args=None, flow_ids=()):
-            if category == "batch":
-                batch = dict(args or {}, tid=ev.tid, ts_start=ev.ts_start, ts_end=ev.ts_end)
-                flow_ids = [*flow_ids, *(f for observe in observers for f in (observe(batch) or ()))]
-            return begin(track, ts, name, category, args, flow_ids)
-
-        writer.begin = begin_with_flows
-        try:
-            super()._write_batch(ev)
-        finally:
-            del writer.begin
-
-
 # -- a small reader: slices, instants and flows per track -------------------------------------------
 def read_trace(path: Path) -> dict:
     t = Trace()
@@ -170,7 +144,7 @@ def match(client: pd.DataFrame, server: pd.DataFrame) -> list[tuple[pd.Series, p
 def recording(server, bpf_ok, tmp_path_factory):
     """One recording of N streamed requests (closed loop) with the llama.cpp and http packs."""
     out = tmp_path_factory.mktemp("http") / "requests.pftrace"
-    rec = Recorder(server.pid, out, packs=[HookedLlamaCppPack(), HttpPack()], verbose=False).start_background()
+    rec = Recorder(server.pid, out, packs=[LlamaCppPack(), HttpPack()], verbose=False).start_background()
     client = run_load_process(server.url, out.with_suffix(".csv"))
     time.sleep(0.1)
     summary = rec.join()

@@ -211,7 +211,11 @@ class Trace:
                 n_chunks[miss] = cnt[miss]
         ftok_f = np.asarray(ftok, dtype=float)
         ts_end = ts + dur
-        tpot = np.where(n_chunks > 1, (ts_end - ftok_f) / np.maximum(n_chunks - 1, 1), np.nan)
+        # TPOT over the generated tokens when the recorder counted them (n_tokens:
+        # the closing event of a stream is a chunk but not a token), else over chunks.
+        n_tok = self._int_col("n_tokens", rows).astype(float)
+        per = np.where(np.isnan(n_tok), n_chunks, n_tok)
+        tpot = np.where(per > 1, (ts_end - ftok_f) / np.maximum(per - 1, 1), np.nan)
         out = {
             "slice_id": rows.astype(np.int64),
             "req_id": req_id,

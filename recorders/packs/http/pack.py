@@ -43,7 +43,7 @@ batches that served it have arrived), with args
   first_batch_id, slot (when a single slot fits);
 instants `first_token` and `chunk` (category `request`) on the same lane; flow
 ids from the request slice to each batch that served it, when the llama.cpp
-pack reports its batches to the `batch_observers` in ctx.options (see
+pack reports its batches to the `batch_observers` of the recording context (see
 `on_batch` and flows.py).
 
 Option `capture_paths` (ctx.options, default off): record the request target
@@ -244,7 +244,7 @@ class HttpPack(ProbePack):
 
     def start(self, bpf, ctx) -> None:
         self._ctx = ctx
-        ctx.options.setdefault("batch_observers", []).append(self.on_batch)
+        ctx.batch_observers.append(self.on_batch)
         bpf[b"http_events"].open_ring_buffer(self._on_event)
 
     # -- events --------------------------------------------------------------

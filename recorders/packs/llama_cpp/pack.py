@@ -15,7 +15,7 @@ llama_decode; that build is reported as unsupported (no batch attributes).
 from __future__ import annotations
 
 import ctypes as ct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...target import TargetProcess
@@ -57,6 +57,28 @@ class _Stage:
     ts: int
     dur: int
     name: str
+    category: str = "stage"
+    args: dict | None = None
+    end_args: dict | None = None
+    flow_ids: list[int] = field(default_factory=list)
+
+
+def write_nested(writer, track: int, slices: list[_Stage]) -> None:
+    """Write properly nested slices of one track with every BEGIN and END in time order.
+
+    Writing slices whole, one after another, would put a child's BEGIN after its
+    parent's END whenever the child starts later; a stack keeps the order.
+    """
+    open_ends: list[_Stage] = []
+    for s in sorted(slices, key=lambda s: (s.ts, -s.dur)):
+        while open_ends and open_ends[-1].ts + open_ends[-1].dur <= s.ts:
+            done = open_ends.pop()
+            writer.end(track, done.ts + done.dur, done.end_args)
+        writer.begin(track, s.ts, s.name, s.category, s.args, s.flow_ids)
+        open_ends.append(s)
+    while open_ends:
+        done = open_ends.pop()
+        writer.end(track, done.ts + done.dur, done.end_args)
 
 
 def phase_of(n_prefill: int, n_decode: int) -> str:
@@ -67,6 +89,7 @@ def phase_of(n_prefill: int, n_decode: int) -> str:
 
 class LlamaCppPack(ProbePack):
     name = "llama_cpp"
+    calls_batch_observers = True  # it reports each batch to ctx.batch_observers (flows)
     engine = True  # an engine pack: recording needs at least one that applies
     library_hint = "libllama"
     bpf_file = Path(__file__).with_name("llama_cpp.bpf.c")
@@ -133,8 +156,8 @@ class LlamaCppPack(ProbePack):
             self.stage_counts[name] = self.stage_counts.get(name, 0) + 1
             if ev.tid not in self._decode_tids and name not in ENGINE_LOOP_STAGES:
                 # e.g. tokenization on an HTTP thread: no batch can enclose it, write it now
-                self._ctx.writer.slice(self._ctx.thread_track(ev.tid), ev.ts_start, ev.ts_end - ev.ts_start,
-                                       name, "stage")
+                write_nested(self._ctx.writer, self._ctx.thread_track(ev.tid),
+                             [_Stage(ev.ts_start, ev.ts_end - ev.ts_start, name)])
                 return
             # On a decoding thread a stage may be the child of a batch not yet seen: hold it
             # until that batch arrives so the track's events stay in time order.
@@ -156,12 +179,14 @@ class LlamaCppPack(ProbePack):
         }
         if ev.truncated:
             args["truncated_tokens"] = ev.truncated
-        w.begin(track, ev.ts_start, "llama_decode", "batch", args)
-        inside = [s for s in self._pending.get(ev.tid, []) if s.ts >= ev.ts_start and s.ts + s.dur <= ev.ts_end]
-        for s in inside:
-            w.slice(track, s.ts, s.dur, s.name, "stage")
-        self._pending[ev.tid] = [s for s in self._pending.get(ev.tid, []) if s not in inside]
-        w.end(track, ev.ts_end, {"ret": ev.ret})
+        seen = {**args, "tid": ev.tid, "ts_start": ev.ts_start, "ts_end": ev.ts_end}
+        flows = [f for observe in ctx.batch_observers for f in (observe(seen) or ())]
+        pending = self._pending.get(ev.tid, [])
+        inside = [s for s in pending if s.ts >= ev.ts_start and s.ts + s.dur <= ev.ts_end]
+        self._pending[ev.tid] = [s for s in pending if s not in inside]
+        batch = _Stage(ev.ts_start, ev.ts_end - ev.ts_start, "llama_decode", "batch", args,
+                       {"ret": ev.ret}, flows)
+        write_nested(w, track, [batch, *inside])
         w.counter(self._n_tokens_track, ev.ts_start, ev.n_tokens)
         w.counter(self._seqs_track, ev.ts_start, ev.n_seqs)
         if ev.kv_tokens >= 0:
@@ -171,14 +196,9 @@ class LlamaCppPack(ProbePack):
         pending = self._pending.get(tid)
         if not pending:
             return
-        keep = []
-        track = self._ctx.thread_track(tid)
-        for s in sorted(pending, key=lambda s: s.ts):
-            if upto is None or s.ts + s.dur <= upto:
-                self._ctx.writer.slice(track, s.ts, s.dur, s.name, "stage")
-            else:
-                keep.append(s)
-        self._pending[tid] = keep
+        ready = [s for s in pending if upto is None or s.ts + s.dur <= upto]
+        self._pending[tid] = [s for s in pending if not (upto is None or s.ts + s.dur <= upto)]
+        write_nested(self._ctx.writer, self._ctx.thread_track(tid), ready)
 
     def finish(self, bpf, ctx) -> None:
         for tid in list(self._pending):
