@@ -209,7 +209,11 @@ class GpuCore:
             self.unsynced += 1
         args = self.step_args(ev)
         end = max(ev.ts_end, ev.ts_start)
-        ctx.writer.slice(ctx.thread_track(ev.tid), ev.ts_start, end - ev.ts_start, STEP_NAME, "batch", args)
+        # Batch observers (e.g. request-to-batch flows), where the engine offers them.
+        seen = {**args, "tid": ev.tid, "ts_start": ev.ts_start, "ts_end": end}
+        flows = [f for observe in getattr(ctx, "batch_observers", None) or () for f in (observe(seen) or ())]
+        ctx.writer.slice(ctx.thread_track(ev.tid), ev.ts_start, end - ev.ts_start, STEP_NAME, "batch", args,
+                         flow_ids=flows)
         ctx.writer.counter(self._n_tokens_track, ev.ts_start, int(args["n_tokens"]))
 
     def _flush_unsynced(self, bpf) -> None:

@@ -87,6 +87,7 @@ class GpuApiPack(ProbePack):
     """A platform's runtime (+ driver) API packs share the GPU core; subclasses give the libraries."""
 
     engine = True
+    calls_batch_observers = True  # each step is offered to ctx.batch_observers (flows), where present
     platform = "gpu"
     #: (library stem prefix, APIs) pairs
     libraries: tuple[tuple[str, tuple[Api, ...]], ...] = ()
