@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -45,6 +46,9 @@ def build_standins() -> Path:
         proc = subprocess.run(["make", "-s", "-C", str(HERE), f"OUT={out}"], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"building the stand-ins failed:\n{proc.stdout}\n{proc.stderr}")
+        for old in out.parent.iterdir():  # builds of older sources
+            if old.is_dir() and old != out and len(old.name) == 16:
+                shutil.rmtree(old, ignore_errors=True)
     missing = [p for p in PRODUCTS if not (out / p).exists()]
     if missing:
         raise RuntimeError(f"stand-in build left out {missing}")

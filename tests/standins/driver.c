@@ -241,35 +241,50 @@ static void usage(void) {
     exit(2);
 }
 
-static void bench(int n) {
-    /* ns per call of each probed API, in a tight loop (run with and without a recorder). */
-    dim3 g = {1, 1, 1};
-    struct { const char *name; int which; } cases[] = {
-        {"launch", 0}, {"graph_launch", 1}, {"memcpy_h2d", 2}, {"drv_launch", 3}, {"event_record", 4},
-        {"event_sync", 5}, {"allreduce", 6}, {"step_d2h_record_sync", 7},
-    };
-    printf("{\"bench\": {");
-    for (unsigned c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
-        uint64_t t0 = now_ns();
-        for (int i = 0; i < n; i++) {
-            switch (cases[c].which) {
-            case 0: rtLaunchKernel(kernels[0].stub, g, g, NULL, 0, STREAM); break;
-            case 1: rtGraphLaunch(graph_for(1), STREAM); break;
-            case 2: rtMemcpyAsync(buf_a, buf_b, 8, H2D, STREAM); break;
-            case 3: drvLaunchKernel(triton_fn[0], 1, 1, 1, 1, 1, 1, 0, STREAM, NULL, NULL); break;
-            case 4: rtEventRecord((handle_t)0xE0000, STREAM); break;
-            case 5: rtEventSynchronize((handle_t)0xE0000); break;
-            case 6: ncclAllReduce(buf_a, buf_b, 1024, NCCL_BF16, NCCL_SUM, comm, NCCL_STREAM); break;
-            case 7:
-                rtMemcpyAsync(buf_a, buf_b, 8, D2H, STREAM);
-                rtEventRecord((handle_t)0xE0000, STREAM);
-                rtEventSynchronize((handle_t)0xE0000);
-                break;
-            }
-        }
-        printf("%s\"%s\": %.1f", c ? ", " : "", cases[c].name, (double)(now_ns() - t0) / n);
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void bench_call(int which, dim3 g) {
+    switch (which) {
+    case 0: rtLaunchKernel(kernels[0].stub, g, g, NULL, 0, STREAM); break;
+    case 1: rtGraphLaunch(graph_for(1), STREAM); break;
+    case 2: rtMemcpyAsync(buf_a, buf_b, 8, H2D, STREAM); break;
+    case 3: drvLaunchKernel(triton_fn[0], 1, 1, 1, 1, 1, 1, 0, STREAM, NULL, NULL); break;
+    case 4: rtEventRecord((handle_t)0xE0000, STREAM); break;
+    case 5: rtEventSynchronize((handle_t)0xE0000); break;
+    case 6: ncclAllReduce(buf_a, buf_b, 1024, NCCL_BF16, NCCL_SUM, comm, NCCL_STREAM); break;
+    case 7:
+        rtMemcpyAsync(buf_a, buf_b, 8, D2H, STREAM);
+        rtEventRecord((handle_t)0xE0000, STREAM);
+        rtEventSynchronize((handle_t)0xE0000);
+        break;
     }
-    printf("}, \"calls\": %d}\n", n);
+}
+
+/* ns per call of each probed API: the median over chunks of 200 calls (robust to preemption
+ * on a busy machine); run with and without a recorder attached. */
+static void bench(int n) {
+    dim3 g = {1, 1, 1};
+    const char *names[] = {"launch", "graph_launch", "memcpy_h2d", "drv_launch", "event_record", "event_sync",
+                           "allreduce", "step_d2h_record_sync"};
+    enum { CHUNK = 200 };
+    int chunks = n / CHUNK > 0 ? n / CHUNK : 1;
+    uint64_t *t = calloc(chunks, sizeof(*t));
+    printf("{\"bench\": {");
+    for (int c = 0; c < 8; c++) {
+        for (int i = 0; i < CHUNK; i++) bench_call(c, g);  /* warm up */
+        for (int k = 0; k < chunks; k++) {
+            uint64_t t0 = now_ns();
+            for (int i = 0; i < CHUNK; i++) bench_call(c, g);
+            t[k] = now_ns() - t0;
+        }
+        qsort(t, chunks, sizeof(*t), cmp_u64);
+        printf("%s\"%s\": %.1f", c ? ", " : "", names[c], (double)t[chunks / 2] / CHUNK);
+    }
+    printf("}, \"calls\": %d}\n", chunks * CHUNK);
+    free(t);
 }
 
 int main(int argc, char **argv) {

@@ -122,6 +122,31 @@ class EngineCore:
             self.step(k)
 
 
+class BenchRunner:
+    """Copies issued from a GPUModelRunner.execute_model frame: each D2H copy walks the stack."""
+
+    def __init__(self, gpu):
+        self.gpu = gpu
+
+    def execute_model(self, scheduler_output, n):
+        """ns per call: the median over chunks of 100 calls (robust to preemption on a busy machine)."""
+        import statistics
+        import time
+
+        out = {}
+        for name, kind in (("memcpy_h2d", H2D), ("memcpy_d2h", D2H)):
+            for _ in range(100):
+                self.gpu.copy(8, kind)  # warm up
+            chunks = []
+            for _ in range(max(n // 100, 1)):
+                t0 = time.perf_counter_ns()
+                for _ in range(100):
+                    self.gpu.copy(8, kind)
+                chunks.append((time.perf_counter_ns() - t0) / 100)
+            out[name] = statistics.median(chunks)
+        return out
+
+
 VLLM_STACK = ["Gpu.copy", "GPUModelRunner._copy_sampled_to_host", "GPUModelRunner.execute_model", "Worker.execute_model",
               "EngineCore.step", "EngineCore.run_busy_loop", "main", "<module>"]
 
@@ -208,10 +233,15 @@ def main():
     ap.add_argument("--max-batch", type=int, default=6)
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--prefill-every", type=int, default=4)
+    ap.add_argument("--bench", type=int, default=0, help="ns per D2H / H2D copy call from execute_model")
     args = ap.parse_args()
     gpu = Gpu(args.libdir)
     print(json.dumps({"ready": os.getpid()}), flush=True)
     sys.stdin.readline()
+    if args.bench:
+        print(json.dumps({"bench": BenchRunner(gpu).execute_model(SchedulerOutput(0, ["a", "b"], 4, False),
+                                                                  args.bench)}), flush=True)
+        return
     if args.mode == "vllm":
         engine = EngineCore(Worker(GPUModelRunner(gpu, args.layers)), args)
         engine.run_busy_loop()
