@@ -1,0 +1,335 @@
+"""Alert episodes and their sinks.
+
+One alert per anomaly episode, not one per batch: the detector's alarm opens
+it, flagged batches update it (at most every `update_every_s`, and once when
+the root-cause evidence is in), and the detector's close resolves it. Each
+event carries observed and expected latency, slowdown, the batches and
+requests affected, the SLO impact and the top causes.
+
+Sinks: `TerminalSink` (one line per event), `JsonlSink` (one JSON object per
+line, flushed), `WebhookSink` (HTTP POST in its own thread, retries with
+backoff, never blocks the caller), and the Prometheus exporter in metrics.py.
+Each sink records when every event left it (``time.monotonic_ns()`` right
+after the write or POST returned) so that the alert path can be measured from
+the batch's uretprobe timestamp (same clock, CLOCK_MONOTONIC).
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class Alert:
+    """One event of an anomaly episode (what every sink receives)."""
+
+    alert_id: str
+    event: str                   # 'opened' | 'updated' | 'resolved'
+    seq: int                     # event number within the episode
+    doc: dict                    # the JSON body
+    ref_ns: int                  # ts_end of the batch the event is about (CLOCK_MONOTONIC)
+    created_ns: int = field(default_factory=time.monotonic_ns)
+
+    def to_json(self) -> str:
+        return json.dumps(self.doc, separators=(",", ":"), default=_jsonable)
+
+
+def _jsonable(o):
+    try:
+        return float(o)
+    except Exception:
+        return str(o)
+
+
+class Sink:
+    name = "sink"
+
+    def __init__(self) -> None:
+        #: (alert_id, event, ref_ns, sent_ns) of every event that left this sink
+        self.sent: deque = deque(maxlen=100_000)
+        self.errors = 0
+
+    def emit(self, alert: Alert) -> None:
+        raise NotImplementedError
+
+    def _done(self, alert: Alert) -> None:
+        self.sent.append((alert.alert_id, alert.event, alert.ref_ns, time.monotonic_ns()))
+
+    def close(self) -> None:
+        pass
+
+    def latencies_ms(self, event: str = "opened") -> list[float]:
+        return [(s - r) / 1e6 for _a, e, r, s in list(self.sent) if e == event]
+
+
+class TerminalSink(Sink):
+    name = "terminal"
+
+    def __init__(self, write: Callable[[str], None] | None = None) -> None:
+        super().__init__()
+        self._write = write or (lambda s: print(s, file=sys.stderr, flush=True))
+
+    def emit(self, alert: Alert) -> None:
+        self._write(format_alert(alert))
+        self._done(alert)
+
+
+class JsonlSink(Sink):
+    name = "jsonl"
+
+    def __init__(self, path) -> None:
+        super().__init__()
+        self.path = str(path)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self._f = open(self.path, "a", buffering=1 << 16)
+
+    def emit(self, alert: Alert) -> None:
+        self._f.write(alert.to_json() + "\n")
+        self._f.flush()
+        self._done(alert)
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        except Exception:
+            pass
+
+
+class WebhookSink(Sink):
+    """POST each event as JSON to `url` from a thread of its own; retries with exponential backoff."""
+
+    name = "webhook"
+
+    def __init__(self, url: str, timeout_s: float = 2.0, retries: int = 4, backoff_s: float = 0.2) -> None:
+        super().__init__()
+        self.url = url
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.failed = 0
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1: no proxies
+        self._thread = threading.Thread(target=self._run, name="prism-webhook", daemon=True)
+        self._thread.start()
+
+    def emit(self, alert: Alert) -> None:
+        self._q.put(alert)
+
+    def _post(self, body: bytes) -> None:
+        req = urllib.request.Request(self.url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with self._opener.open(req, timeout=self.timeout_s) as resp:
+            resp.read()
+
+    def _run(self) -> None:
+        while True:
+            alert = self._q.get()
+            if alert is None:
+                return
+            body = alert.to_json().encode()
+            for attempt in range(self.retries + 1):
+                try:
+                    self._post(body)
+                    self._done(alert)
+                    break
+                except (urllib.error.URLError, OSError, ValueError):
+                    self.errors += 1
+                    if attempt == self.retries:
+                        self.failed += 1
+                        break
+                    time.sleep(self.backoff_s * (2 ** attempt))
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._q.put(None)
+        self._thread.join(timeout)
+
+
+def format_alert(alert: Alert) -> str:
+    d = alert.doc
+    head = {"opened": "ANOMALY", "updated": "anomaly", "resolved": "resolved"}[alert.event]
+    line = (f"[watch] {head} {alert.alert_id}: batch latency {d['observed_ms']:.1f} ms vs expected "
+            f"{d['expected_ms']:.1f} ms (x{d['slowdown']:.2f}, max x{d['max_ratio']:.1f}), "
+            f"{d['batches']['flagged']} batches, {d['requests']['affected']} requests")
+    slo = d.get("slo") or {}
+    if slo.get("ttft_violations") or slo.get("tpot_violations"):
+        line += f", SLO misses TTFT {slo.get('ttft_violations', 0)} TPOT {slo.get('tpot_violations', 0)}"
+    if alert.event == "resolved":
+        line += f", lasted {d['duration_ms']:.0f} ms"
+    causes = d.get("causes") or []
+    if causes:
+        line += "; causes: " + ", ".join(f"{c['cause']} ({c.get('evidence', '')})" for c in causes[:3])
+    return line
+
+
+class AlertManager:
+    """Turns detector verdicts into episode events and hands them to the sinks.
+
+    `on_verdict` is called on the detector thread; synchronous sinks (terminal,
+    JSON lines, Prometheus) are written there, the webhook has its own thread,
+    cause analysis runs on an enrichment thread and comes back as an update.
+    """
+
+    def __init__(self, sinks: list[Sink], pid: int, slo_ttft_ms: float | None = None,
+                 slo_tpot_ms: float | None = None, update_every_s: float = 1.0,
+                 causes: Callable[[dict], list[dict]] | None = None, metrics=None) -> None:
+        self.sinks = sinks
+        self.pid = pid
+        self.slo_ttft_ms = slo_ttft_ms
+        self.slo_tpot_ms = slo_tpot_ms
+        self.update_every_s = update_every_s
+        self.causes_fn = causes
+        self.metrics = metrics
+        self.episodes: list[dict] = []        # every episode's latest document (bounded below)
+        self.events: deque = deque(maxlen=1000)
+        self._open: dict | None = None
+        self._last_update = 0.0
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._enrich_q: queue.SimpleQueue = queue.SimpleQueue()
+        self._enricher = threading.Thread(target=self._enrich_loop, name="prism-causes", daemon=True)
+        self._enricher.start()
+        self.recent_requests: deque = deque(maxlen=4096)   # dicts from the http pack (ts_arrival, ts_end, ttft_ns, ...)
+
+    @property
+    def active(self) -> dict | None:
+        return self._open
+
+    # -- detector thread -------------------------------------------------------------
+    def on_verdict(self, v, batch: dict, an_ring: deque) -> None:
+        """`v`: the detector's Verdict for `batch`; `an_ring`: recent batches (for affected slots)."""
+        if v.alarm is not None:
+            self._opened(v.alarm, batch, an_ring)
+        elif self._open is not None and v.flagged:
+            st = self._open
+            st["seq_mask"] |= int(batch.get("seq_mask") or 0)
+            now = time.monotonic()
+            if now - self._last_update >= self.update_every_s:
+                self._emit("updated", v_an(v, self), batch["ts_end"])
+        if v.closed is not None and self._open is not None:
+            self._emit("resolved", v.closed, batch["ts_end"])
+            self._open = None
+
+    def _opened(self, an, batch: dict, ring: deque) -> None:
+        if self._open is not None:  # the detector never opens two at once; be safe
+            self._emit("resolved", self._open["an"], batch["ts_end"])
+        mask = 0
+        for b in ring:
+            if b["ts_start"] >= an.start_ts:
+                mask |= int(b.get("seq_mask") or 0)
+        self._seq += 1
+        self._open = {"an": an, "id": f"prism-{self.pid}-{self._seq}", "n": 0, "seq_mask": mask,
+                      "first_batch_id": None, "alarm_batch_id": batch.get("batch_id"), "causes": None,
+                      "opened_ns": batch["ts_end"]}
+        for b in ring:
+            if b["ts_start"] >= an.start_ts:
+                self._open["first_batch_id"] = b.get("batch_id")
+                break
+        self._emit("opened", an, batch["ts_end"])
+        if self.causes_fn is not None:
+            self._enrich_q.put((self._open["id"], an.start_ts, an.alarm_ts))
+
+    def _doc(self, event: str, an, st: dict) -> dict:
+        n_flagged = max(an.n_flagged, 1)
+        start, end = an.start_ts, max(an.end_ts, an.alarm_ts)
+        reqs = self._requests(start, end, st["seq_mask"])
+        doc = {
+            "alert_id": st["id"], "event": event, "status": "resolved" if event == "resolved" else "firing",
+            "seq": st["n"], "target_pid": self.pid, "trigger": an.trigger,
+            "start_ns": start, "end_ns": end, "alarm_ns": an.alarm_ts, "duration_ms": (end - start) / 1e6,
+            "observed_ms": an.sum_obs / n_flagged / 1e6, "expected_ms": an.sum_exp / n_flagged / 1e6,
+            "slowdown": an.slowdown, "max_ratio": an.max_ratio, "confidence": an.confidence,
+            "excess_ms": (an.sum_obs - an.sum_exp) / 1e6,
+            "batches": {"flagged": an.n_flagged, "first_batch_id": st["first_batch_id"],
+                        "alarm_batch_id": st["alarm_batch_id"], "first_idx": an.start_idx, "last_idx": an.end_idx},
+            "requests": reqs,
+            "slo": self._slo(reqs, an),
+            "causes": st.get("causes") or [],
+            "wall_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        return doc
+
+    def _requests(self, start: int, end: int, seq_mask: int) -> dict:
+        done = [r for r in list(self.recent_requests)
+                if r.get("ts_end", 0) >= start and r.get("ts_arrival", 0) <= end]
+        in_flight_slots = bin(seq_mask).count("1")
+        return {"affected": max(len(done), in_flight_slots), "completed": len(done),
+                "slots": [i for i in range(64) if seq_mask >> i & 1],
+                "req_ids": [r.get("req_id") for r in done[:50]]}
+
+    def _slo(self, reqs: dict, an) -> dict:
+        out = {"slo_ttft_ms": self.slo_ttft_ms, "slo_tpot_ms": self.slo_tpot_ms,
+               # a sequence in every flagged batch waits this much longer than expected
+               "added_latency_ms_max": (an.sum_obs - an.sum_exp) / 1e6}
+        ids = set(reqs["req_ids"])
+        rs = [r for r in list(self.recent_requests) if r.get("req_id") in ids]
+        if self.slo_ttft_ms is not None:
+            out["ttft_violations"] = sum(1 for r in rs if (r.get("ttft_ns") or 0) / 1e6 > self.slo_ttft_ms)
+        if self.slo_tpot_ms is not None:
+            out["tpot_violations"] = sum(1 for r in rs if (r.get("tpot_ns") or 0) / 1e6 > self.slo_tpot_ms)
+        return out
+
+    def _emit(self, event: str, an, ref_ns: int) -> None:
+        with self._lock:
+            st = self._open
+            if st is None:
+                return
+            doc = self._doc(event, an, st)
+            st["n"] += 1
+            self._last_update = time.monotonic()
+            alert = Alert(st["id"], event, doc["seq"], doc, ref_ns)
+            for s in self.sinks:
+                try:
+                    s.emit(alert)
+                except Exception as exc:  # a sink's failure must not stop detection
+                    s.errors += 1
+                    print(f"[watch] alert sink {s.name} failed: {exc}", file=sys.stderr)
+            if self.metrics is not None:
+                self.metrics.on_alert(alert)
+            self.events.append(alert)
+            if event == "opened":
+                self.episodes.append(doc)
+                del self.episodes[:-1000]
+            else:
+                for i in range(len(self.episodes) - 1, -1, -1):
+                    if self.episodes[i]["alert_id"] == st["id"]:
+                        self.episodes[i] = doc
+                        break
+
+    # -- enrichment thread --------------------------------------------------------------
+    def _enrich_loop(self) -> None:
+        while True:
+            item = self._enrich_q.get()
+            if item is None:
+                return
+            alert_id, start, end = item
+            try:
+                causes = self.causes_fn({"pid": self.pid, "start_ns": start, "end_ns": end})
+            except Exception as exc:
+                causes = [{"cause": "unknown", "evidence": f"cause analysis failed: {exc}", "score": 0.0}]
+            st = self._open
+            if st is not None and st["id"] == alert_id:
+                st["causes"] = causes
+                self._emit("updated", st["an"], time.monotonic_ns())
+            else:  # resolved meanwhile: attach to the stored episode
+                for d in self.episodes:
+                    if d["alert_id"] == alert_id:
+                        d["causes"] = causes
+
+    def close(self) -> None:
+        self._enrich_q.put(None)
+        self._enricher.join(2.0)
+        for s in self.sinks:
+            s.close()
+
+
+def v_an(v, mgr: AlertManager):
+    return mgr._open["an"]

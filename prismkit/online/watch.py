@@ -1,0 +1,509 @@
+"""`prism watch`: record a live server and run the online detector on every batch as it completes.
+
+Data path (one direction, the recorder is never blocked):
+
+    recorder thread (ring-buffer poll) -- llama.cpp pack writes a batch slice
+        -> batch observer: queue.put(batch)               (~1 us, nothing else)
+    detector thread: queue.get() -> expected latency (WorkloadModel, no pandas)
+        -> OnlineDetector.step() -> AlertManager: terminal / JSON lines / Prometheus inline,
+           webhook and cause analysis on threads of their own
+    main thread: the live view, signals, --follow-port
+
+Without --model, the first `warmup_s` seconds of batches train a baseline
+WorkloadModel (fitted on a thread of its own), saved next to the trace.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from prismkit.errors import PrismError
+from recorders.packs.base import ProbePack
+
+from .alerts import AlertManager, JsonlSink, Sink, TerminalSink, WebhookSink
+
+
+@dataclass
+class WatchConfig:
+    pid: int
+    output: str | os.PathLike = "out/watch.pftrace"
+    model: str | os.PathLike | None = None
+    slo_ttft_ms: float | None = None
+    slo_tpot_ms: float | None = None
+    alerts_jsonl: str | os.PathLike | None = None
+    webhook: str | None = None
+    prometheus_port: int | None = None
+    warmup_s: float = 30.0
+    min_warmup_batches: int = 60
+    follow_port: int | None = None
+    follow_timeout_s: float = 120.0
+    terminal_alerts: bool = True
+    save_model: str | os.PathLike | None = None   # default: <output>.model.json when learned
+    detector: dict = field(default_factory=dict)    # DetectorConfig overrides (k, m, n, ...)
+    n_estimators: int = 150
+    max_fit_batches: int = 4000                     # the most recent warm-up batches the baseline is fitted on
+    nice: int | None = None                         # autogroup nice of the watcher itself (alert path under load)
+    poll_ms: int = 50
+    sample_ms: int = 200
+    causes: bool = True
+    verbose: bool = True
+
+
+class _WatchPack(ProbePack):
+    """Not a probe: registers the batch observer and taps the http pack's finished requests."""
+
+    name = "watch"
+
+    def __init__(self, watcher: "Watcher") -> None:
+        self.watcher = watcher
+
+    def start(self, bpf, ctx) -> None:
+        q = self.watcher._q
+        put = q.put
+
+        def observe(batch: dict):
+            put(batch)
+            return None
+
+        ctx.batch_observers.append(observe)
+        self.watcher._bpf = bpf
+        http = next((p for p in self.watcher._packs if p.name == "http"), None)
+        if http is not None and hasattr(http, "_write"):
+            orig = http._write
+
+            def write(req, _orig=orig):
+                _orig(req)
+                try:
+                    t = req.timings()
+                    put(("req", {"req_id": req.req_id, "ts_arrival": req.ts_arrival, "ts_end": req.ts_end, **t}))
+                except Exception:
+                    pass
+
+            http._write = write
+
+
+def _listener_pid(port: int) -> int | None:
+    """PID of a process listening on TCP `port` (IPv4 or IPv6), from /proc."""
+    inodes = set()
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(path).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{f[9]}]")
+    if not inodes:
+        return None
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{name}/fd"):
+                try:
+                    if os.readlink(f"/proc/{name}/fd/{fd}") in inodes:
+                        return int(name)
+                except OSError:
+                    continue
+        except OSError:
+            continue
+    return None
+
+
+class Watcher:
+    def __init__(self, config: WatchConfig, sinks: list[Sink] | None = None, log=None) -> None:
+        self.cfg = config
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._log_fn = log
+        self._bpf = None
+        self._packs: list = []
+        self.recorder = None
+        self.traces: list[str] = []
+        self.pid = config.pid
+        self.model = None
+        self.model_path: str | None = None
+        self.detector = None
+        self.state = "starting"      # 'warming_up' | 'fitting' | 'watching' | 'stopped'
+        self.started = time.monotonic()
+        self.first_batch_mono: float | None = None
+        self.n_batches = 0
+        self.n_tokens = 0
+        self.n_requests = 0
+        self.recent: deque = deque(maxlen=4096)         # (ts_end, dur, expected, n_tokens, mono)
+        self.recent_req: deque = deque(maxlen=1024)
+        self.ring: deque = deque(maxlen=256)            # recent batch dicts (affected slots)
+        self._warm: list[dict] = []
+        self._fit_thread: threading.Thread | None = None
+        self.detect_ns: deque = deque(maxlen=100_000)   # detector-thread time per batch
+        self.stop_reason: str | None = None
+        self._stop = threading.Event()
+        self.messages: deque = deque(maxlen=50)
+        self.restarts = 0
+        self._lost_total: dict[str, int] = {}
+
+        from .metrics import WatchMetrics
+
+        self.metrics = WatchMetrics(config.pid, self.lost_events)
+        if sinks is None:
+            sinks = []
+            if config.terminal_alerts:
+                sinks.append(TerminalSink(self._say))
+            if config.alerts_jsonl:
+                sinks.append(JsonlSink(config.alerts_jsonl))
+            if config.webhook:
+                sinks.append(WebhookSink(config.webhook))
+        self.sinks = sinks
+        causes = None
+        if config.causes:
+            from .causes import make_cause_fn
+
+            causes = make_cause_fn(str(config.output))
+        self.alerts = AlertManager(sinks, config.pid, config.slo_ttft_ms, config.slo_tpot_ms,
+                                   causes=causes, metrics=self.metrics)
+        self._det_thread = threading.Thread(target=self._detector_loop, name="prism-detector", daemon=True)
+
+    # -- messages --------------------------------------------------------------------
+    def _say(self, msg: str) -> None:
+        self.messages.append(msg)
+        if self._log_fn is not None:
+            self._log_fn(msg)
+        elif self.cfg.verbose:
+            print(msg if msg.startswith("[watch]") else f"[watch] {msg}", file=sys.stderr, flush=True)
+
+    def lost_events(self) -> dict[str, int]:
+        from recorders.engine import _sum_percpu
+
+        bpf = self._bpf
+        cur = {}
+        if bpf is not None:
+            for p in self._packs:
+                for buf, m in getattr(p, "buffers", {}).items():
+                    cur[buf] = _sum_percpu(bpf, m)
+        return {k: self._lost_total.get(k, 0) + cur.get(k, 0) for k in set(cur) | set(self._lost_total)}
+
+    # -- model -------------------------------------------------------------------------
+    def _use_model(self, model) -> None:
+        from prismkit.detect.detector import DetectorConfig, OnlineDetector
+
+        cfg = DetectorConfig().replace(**self.cfg.detector) if self.cfg.detector else DetectorConfig()
+        self.detector = OnlineDetector(model, cfg)
+        self.model = model
+        self.state = "watching"
+
+    def _fit(self, batches: list[dict]) -> None:
+        import pandas as pd
+
+        from prismkit.detect.model import WorkloadModel
+
+        try:
+            df = pd.DataFrame(batches[-self.cfg.max_fit_batches:])
+            t0 = time.monotonic()
+            model = WorkloadModel(n_estimators=self.cfg.n_estimators).fit(df)
+            path = self.cfg.save_model or str(Path(self.cfg.output).with_suffix("")) + ".model.json"
+            model.save(path)
+            self.model_path = str(path)
+            cal = model.calibration_
+            self._use_model(model)
+            lim = self.detector.limits
+            self._say(f"baseline learned from {len(df)} batches in {time.monotonic() - t0:.1f}s "
+                      f"(out-of-fold MAPE {cal.get('oof_mape', float('nan')):.1%}; alarm above "
+                      + ", ".join(f"{k} +{v.enter:.0%}" for k, v in lim.items() if k != "all")
+                      + f"); saved {path}; watching")
+        except Exception as exc:
+            self.state = "warming_up"
+            self._warm = batches[-20000:]
+            self._say(f"baseline fit failed ({exc}); still learning")
+
+    # -- detector thread ----------------------------------------------------------------
+    def _detector_loop(self) -> None:
+        get = self._q.get
+        while True:
+            item = get()
+            if item is None:
+                return
+            t0 = time.monotonic_ns()
+            try:
+                if isinstance(item, tuple):
+                    self._on_request(item[1])
+                    continue
+                self._on_batch(item)
+            except Exception as exc:  # keep watching
+                self._say(f"detector error: {exc!r}")
+            self.detect_ns.append(time.monotonic_ns() - t0)
+
+    def _on_request(self, r: dict) -> None:
+        self.n_requests += 1
+        self.recent_req.append(r)
+        self.alerts.recent_requests.append(r)
+        self.metrics.on_request(r)
+
+    def _on_batch(self, b: dict) -> None:
+        dur = b["ts_end"] - b["ts_start"]
+        if dur <= 0:
+            return
+        b["ts"], b["dur"] = b["ts_start"], dur
+        self.n_batches += 1
+        self.n_tokens += b.get("n_tokens") or 0
+        now = time.monotonic()
+        if self.first_batch_mono is None:
+            self.first_batch_mono = now
+        exp = None
+        if self.detector is not None:
+            self.ring.append(b)
+            v = self.detector.update(b)   # prismkit.detect's OnlineDetector: expected latency + control limits
+            exp = v.expected
+            if v.alarm is not None or v.flagged or v.closed is not None:
+                self.alerts.on_verdict(v, b, self.ring)
+        elif self.state == "warming_up":
+            self._warm.append(b)
+            if (now - self.first_batch_mono >= self.cfg.warmup_s and len(self._warm) >= self.cfg.min_warmup_batches):
+                self.state = "fitting"
+                batches, self._warm = self._warm, []
+                self._say(f"warm-up over: fitting the baseline on {len(batches)} batches")
+                self._fit_thread = threading.Thread(target=self._fit, args=(batches,), name="prism-fit", daemon=True)
+                self._fit_thread.start()
+        self.recent.append((b["ts_end"], dur, exp, b.get("n_tokens") or 0, now))
+        self.metrics.on_batch(b, exp)
+
+    # -- recording -----------------------------------------------------------------------
+    def _trace_path(self) -> Path:
+        out = Path(self.cfg.output)
+        if not self.traces:
+            return out
+        return out.with_name(f"{out.stem}.{len(self.traces)}{out.suffix}")
+
+    def _start_recorder(self, pid: int) -> None:
+        from recorders.engine import Recorder
+        from recorders.packs import default_packs
+
+        self._packs = default_packs()
+        packs = self._packs + [_WatchPack(self)]
+        path = self._trace_path()
+        self.recorder = Recorder(pid, path, packs=packs, verbose=False, poll_interval_ms=self.cfg.poll_ms,
+                                 sample_interval_s=self.cfg.sample_ms / 1000)
+        self.recorder.start_background()
+        self.traces.append(str(path))
+        self.pid = pid
+        self.alerts.pid = pid
+        self.metrics.target_pid.set(pid)
+
+    def start(self) -> "Watcher":
+        if self.cfg.nice is not None:
+            try:
+                Path("/proc/self/autogroup").write_text(str(int(self.cfg.nice)))
+            except OSError as exc:
+                self._say(f"could not set the watcher's priority: {exc}")
+        if self.cfg.model:
+            from prismkit.detect.model import WorkloadModel
+
+            self._use_model(WorkloadModel.load(self.cfg.model))
+            self.model_path = str(self.cfg.model)
+            self._say(f"baseline model {self.cfg.model}: watching from the first batch")
+        else:
+            self.state = "warming_up"
+            self.metrics.warmup.set(1)
+            self._say(f"no --model: learning a baseline from the first {self.cfg.warmup_s:g}s of batches "
+                      f"(at least {self.cfg.min_warmup_batches}); the load should be normal meanwhile")
+        if self.cfg.prometheus_port is not None:
+            port = self.metrics.serve(self.cfg.prometheus_port)
+            self._say(f"Prometheus metrics on http://127.0.0.1:{port}/metrics")
+        self._det_thread.start()
+        self._start_recorder(self.pid)
+        self._say(f"watching PID {self.pid}; trace {self.traces[-1]}")
+        return self
+
+    def recorder_alive(self) -> bool:
+        t = getattr(self.recorder, "_thread", None)
+        return t is not None and t.is_alive()
+
+    def _finish_recorder(self, reason: str):
+        rec = self.recorder
+        if rec is None:
+            return None
+        lost_now = self.lost_events()
+        rec.stop(reason)
+        try:
+            summary = rec.join(30)
+        except Exception as exc:
+            self._say(f"recorder error: {exc}")
+            summary = None
+        self._lost_total = lost_now if summary is None else {
+            k: self._lost_total.get(k, 0) + v for k, v in summary.lost.items()} | {
+            k: v for k, v in self._lost_total.items() if k not in summary.lost}
+        self._bpf = None
+        return summary
+
+    def poll(self) -> bool:
+        """Main-thread housekeeping; False once the session is over."""
+        if self._stop.is_set():
+            return False
+        if self.recorder is not None and not self.recorder_alive():
+            summary = self._finish_recorder("target_exit")
+            reason = summary.stop_reason if summary else "error"
+            if self.cfg.follow_port and reason == "target_exit":
+                self._say(f"target PID {self.pid} exited; waiting up to {self.cfg.follow_timeout_s:g}s for a new "
+                          f"process listening on port {self.cfg.follow_port}")
+                deadline = time.monotonic() + self.cfg.follow_timeout_s
+                while time.monotonic() < deadline and not self._stop.is_set():
+                    pid = _listener_pid(self.cfg.follow_port)
+                    if pid is not None and pid != self.pid:
+                        time.sleep(0.5)  # let it map its libraries
+                        try:
+                            self._start_recorder(pid)
+                        except PrismError as exc:
+                            self._say(f"could not attach to PID {pid} yet: {exc}")
+                            time.sleep(1.0)
+                            continue
+                        self.restarts += 1
+                        self._say(f"re-attached to PID {pid} listening on port {self.cfg.follow_port}; "
+                                  f"trace continues in {self.traces[-1]}")
+                        return True
+                    time.sleep(0.2)
+                self.stop_reason = "target_exit"
+                self.recorder = None
+                return False
+            self.stop_reason = reason
+            self.recorder = None
+            return False
+        return True
+
+    def stop(self, reason: str = "requested") -> dict:
+        self._stop.set()
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._finish_recorder(reason)
+        self.recorder = None
+        self._q.put(None)
+        self._det_thread.join(10)
+        if self.detector is not None:
+            v = self.detector.finish()
+            if v.closed is not None and self.alerts.active is not None:
+                self.alerts._emit("resolved", v.closed, time.monotonic_ns())
+                self.alerts._open = None
+        self.alerts.close()
+        self.state = "stopped"
+        self.metrics.close()
+        return self.summary()
+
+    # -- numbers for the view and the summary ------------------------------------------------
+    def stats(self, window_s: float = 5.0) -> dict:
+        now = time.monotonic()
+        rec = [r for r in list(self.recent) if now - r[4] <= window_s]
+        span = min(window_s, now - (self.first_batch_mono or now)) or 1.0
+        durs = np.array([r[1] for r in rec], dtype=np.float64) / 1e6
+        exps = np.array([r[2] for r in rec if r[2] is not None], dtype=np.float64) / 1e6
+        reqs = list(self.recent_req)[-200:]
+        ttft = np.array([r["ttft_ns"] for r in reqs if r.get("ttft_ns")], dtype=np.float64) / 1e6
+        tpot = np.array([r["tpot_ns"] for r in reqs if r.get("tpot_ns")], dtype=np.float64) / 1e6
+
+        def q(a, p):
+            return float(np.percentile(a, p)) if len(a) else float("nan")
+
+        return {"state": self.state, "batches": self.n_batches, "requests": self.n_requests,
+                "batches_per_s": len(rec) / span, "tokens_per_s": sum(r[3] for r in rec) / span,
+                "p50_ms": q(durs, 50), "p99_ms": q(durs, 99), "exp_p50_ms": q(exps, 50), "exp_p99_ms": q(exps, 99),
+                "ttft_p50_ms": q(ttft, 50), "ttft_p99_ms": q(ttft, 99), "tpot_p50_ms": q(tpot, 50),
+                "tpot_p99_ms": q(tpot, 99), "alert": self.alerts.active,
+                "episodes": len(self.alerts.episodes), "lost": sum(self.lost_events().values())}
+
+    def summary(self) -> dict:
+        lat = {}
+        for s in self.sinks:
+            ms = s.latencies_ms("opened")
+            if ms:
+                lat[s.name] = {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)),
+                               "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(max(ms))}
+        det = np.array(self.detect_ns, dtype=np.float64) / 1e6
+        return {"pid": self.pid, "traces": self.traces, "stop_reason": self.stop_reason,
+                "duration_s": time.monotonic() - self.started, "batches": self.n_batches,
+                "tokens": self.n_tokens, "requests": self.n_requests, "model": self.model_path,
+                "episodes": [{k: d[k] for k in ("alert_id", "status", "start_ns", "end_ns", "duration_ms",
+                                                "observed_ms", "expected_ms", "slowdown", "causes")}
+                             for d in self.alerts.episodes],
+                "alert_latency_ms": lat, "lost_events": self.lost_events(), "restarts": self.restarts,
+                "detector_ms_p50": float(np.percentile(det, 50)) if len(det) else None,
+                "detector_ms_p99": float(np.percentile(det, 99)) if len(det) else None}
+
+
+# -- command line --------------------------------------------------------------------------
+def _fmt(x: float, unit: str = "ms") -> str:
+    return "-" if x != x else f"{x:.1f}{unit}"
+
+
+def status_text(st: dict, cfg: WatchConfig) -> str:
+    slo_t = f"/{cfg.slo_ttft_ms:g}" if cfg.slo_ttft_ms else ""
+    slo_p = f"/{cfg.slo_tpot_ms:g}" if cfg.slo_tpot_ms else ""
+    alert = st["alert"]
+    a = f"ALERT {alert['id']}" if alert else "ok"
+    return (f"{st['state']:<10} {st['batches_per_s']:6.1f} batch/s {st['tokens_per_s']:7.1f} tok/s | batch p50 "
+            f"{_fmt(st['p50_ms'])} (exp {_fmt(st['exp_p50_ms'])}) p99 {_fmt(st['p99_ms'])} "
+            f"(exp {_fmt(st['exp_p99_ms'])}) | TTFT p99 {_fmt(st['ttft_p99_ms'])}{slo_t} TPOT p99 "
+            f"{_fmt(st['tpot_p99_ms'])}{slo_p} | {a} | episodes {st['episodes']} lost {st['lost']}")
+
+
+def run_watch(cfg: WatchConfig, live: bool | None = None, status_every_s: float = 1.0) -> int:
+    """The `prism watch` loop: start, show the live view, stop cleanly on Ctrl-C/SIGTERM."""
+    live = sys.stderr.isatty() if live is None else live
+    console = None
+    if live:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+    stop_sig: list[str] = []
+
+    def on_signal(signum, _frame):
+        stop_sig.append("sigint" if signum == signal.SIGINT else "sigterm")
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    w = Watcher(cfg, log=(lambda m: console.print(m if m.startswith("[watch]") else f"[watch] {m}",
+                                                  markup=False, highlight=False)) if console else None)
+    try:
+        w.start()
+        next_status = time.monotonic() + status_every_s
+        if console is not None:
+            from rich.live import Live
+            from rich.text import Text
+
+            with Live(Text(""), console=console, refresh_per_second=4, transient=True) as view:
+                while not stop_sig and w.poll():
+                    view.update(Text(status_text(w.stats(), cfg)))
+                    time.sleep(0.25)
+        else:
+            while not stop_sig and w.poll():
+                time.sleep(0.1)
+                if time.monotonic() >= next_status and cfg.verbose:
+                    print("[watch] " + status_text(w.stats(), cfg), file=sys.stderr, flush=True)
+                    next_status = time.monotonic() + status_every_s
+    finally:
+        summary = w.stop(stop_sig[0] if stop_sig else (w.stop_reason or "requested"))
+        for s, h in old.items():
+            signal.signal(s, h)
+    print_summary(summary)
+    return 0
+
+
+def print_summary(s: dict) -> None:
+    print(f"prism watch: stopped ({s['stop_reason']}) after {s['duration_s']:.1f}s: {s['batches']} batches, "
+          f"{s['tokens']} tokens, {s['requests']} requests, {len(s['episodes'])} anomaly episodes, "
+          f"lost events {sum(s['lost_events'].values())}, target restarts {s['restarts']}")
+    for e in s["episodes"]:
+        causes = ", ".join(c["cause"] for c in (e.get("causes") or [])[:3]) or "-"
+        print(f"  {e['alert_id']} {e['status']}: {e['duration_ms']:.0f} ms, observed {e['observed_ms']:.1f} ms vs "
+              f"expected {e['expected_ms']:.1f} ms (x{e['slowdown']:.2f}); causes: {causes}")
+    for name, lat in s["alert_latency_ms"].items():
+        print(f"  alert path to {name}: p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms (n={lat['n']})")
+    if s.get("detector_ms_p50") is not None:
+        print(f"  detector per batch: p50 {s['detector_ms_p50']:.3f} ms, p99 {s['detector_ms_p99']:.3f} ms")
+    if s.get("model"):
+        print(f"  baseline model: {s['model']}")
+    print(f"  trace: {', '.join(s['traces'])}  (open in https://ui.perfetto.dev)", flush=True)
