@@ -219,9 +219,52 @@ def _cmd_inject(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_watch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("watch", help="record a live server and alert on latency anomalies as batches complete")
+    p.add_argument("--pid", type=int, default=None, help="server PID (default: the server `prism target start` started)")
+    p.add_argument("--model", type=Path, default=None, help="baseline WorkloadModel (JSON); default: learn one during --warmup")
+    p.add_argument("--warmup", type=float, default=30.0, help="seconds of batches to learn the baseline from (no --model)")
+    p.add_argument("--slo-ttft", type=float, default=None, help="TTFT SLO in ms")
+    p.add_argument("--slo-tpot", type=float, default=None, help="TPOT SLO in ms")
+    p.add_argument("-o", "--output", type=Path, default=Path("out/watch.pftrace"))
+    p.add_argument("--alerts-jsonl", type=Path, default=None, help="append alert events (JSON lines) to this file")
+    p.add_argument("--webhook", default=None, help="POST alert events (JSON) to this URL")
+    p.add_argument("--prometheus-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--follow-port", type=int, default=None,
+                   help="when the target exits, re-attach to the next process listening on this port")
+    p.add_argument("--poll-ms", type=int, default=50, help="how often the ring buffers are drained")
+    p.add_argument("--no-causes", action="store_true", help="do not run cause analysis on an alert")
+    p.add_argument("--nice", type=int, default=None,
+                   help="autogroup nice of the watcher (e.g. -10: alerts stay fast on a loaded machine)")
+    p.add_argument("--quiet", action="store_true", help="no status lines (alerts and the summary still print)")
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from .preflight import check_root
+
+    check_root()
+    from .online.watch import WatchConfig, run_watch
+
+    pid = args.pid
+    if pid is None:
+        from .target.server import LlamaServer
+
+        info = LlamaServer().load_state()
+        if info is None:
+            raise PrismError("no --pid given and no server started by `prism target start`")
+        pid = info.pid
+    cfg = WatchConfig(pid=pid, output=args.output, model=args.model, slo_ttft_ms=args.slo_ttft,
+                      slo_tpot_ms=args.slo_tpot, alerts_jsonl=args.alerts_jsonl, webhook=args.webhook,
+                      prometheus_port=args.prometheus_port, warmup_s=args.warmup, follow_port=args.follow_port,
+                      poll_ms=args.poll_ms, causes=not args.no_causes, verbose=not args.quiet,
+                      nice=args.nice)
+    return run_watch(cfg)
+
+
 COMMANDS = {"target": (_add_target, _cmd_target), "load": (_add_load, _cmd_load),
             "record": (_add_record, _cmd_record), "analyze": (_add_analyze, _cmd_analyze),
-            "demo": (_add_demo, _cmd_demo), "inject": (_add_inject, _cmd_inject)}
+            "demo": (_add_demo, _cmd_demo), "inject": (_add_inject, _cmd_inject),
+            "watch": (_add_watch, _cmd_watch)}
 
 
 def build_parser() -> argparse.ArgumentParser:
