@@ -370,7 +370,7 @@ sys.stdin.readline()
 """
 
 
-@pytest.mark.parametrize("min_offcpu_us", [0, 20_000])
+@pytest.mark.parametrize("min_offcpu_us", [0, 50_000])
 def test_sched_pack_on_thread_churn(bpf_ok, tmp_path, min_offcpu_us):
     """The sched pack alone on a process whose threads sleep 20 x 10 ms and exit, one thread
     spinning on a CPU shared with a busy process: exact counts, and the threshold keeps
@@ -439,9 +439,14 @@ def test_sched_pack_on_thread_churn(bpf_ok, tmp_path, min_offcpu_us):
         else:
             assert (mine["dur"] >= min_offcpu_us * 1000).all()
             assert t["below_threshold"] >= 20 - missed, t   # the 10 ms sleeps: counted, not written
-    # the spinner shared its CPU with the busy process, which preempted it
-    by_busy = s[(s["reason"] == "preempted") & s["by_pid"].isin({p.pid for p in busy})]
-    assert len(by_busy) > 0, s.groupby(["reason", "by_comm"]).size()
-    assert set(by_busy["by_comm"]) == {BUSY_COMM}
+    # The spinner shared its CPU with the busy process: the in-kernel accounting credits
+    # it with time on that CPU while a thread of the target waited.
+    pre = {args[f"preemptor.{i}.pid"]: args[f"preemptor.{i}.ns"] for i in range(20) if f"preemptor.{i}.pid" in args}
+    assert any(pre.get(p.pid, 0) > 0 for p in busy), pre
+    assert all(args[f"preemptor.{i}.comm"] == BUSY_COMM for i in range(20)
+               if args.get(f"preemptor.{i}.pid") in {p.pid for p in busy})
+    # Preemptions by other processes are written whatever their length.
+    others = s[(s["reason"] == "preempted") & ~s["by_pid"].isin(set(totals) | {child.pid})]
+    assert len(others) > 0, s.groupby(["reason", "by_comm"]).size()
     if min_offcpu_us:
-        assert (by_busy["dur"] < min_offcpu_us * 1000).any(), "short preemptions by another process must be kept"
+        assert (others["dur"] < min_offcpu_us * 1000).any(), "short preemptions by another process must be kept"

@@ -32,6 +32,9 @@ from .tracefs import tracepoint_exists, tracepoint_struct
 PREEMPTED, BLOCKED = 1, 2
 REASONS = {PREEMPTED: "preempted", BLOCKED: "blocked"}
 TOP_PREEMPTORS = 10
+# The preemptor map can hold hundreds of tasks: read it once a second (each map
+# read briefly holds the kernel's per-CPU bpf_prog_active; see syscalls/pack.py).
+PREEMPTORS_EVERY_NS = 1_000_000_000
 
 _TRACEPOINTS = {  # macro -> (category, event, struct name, fields, program)
     "SCHED_HAVE_SWITCH": ("sched", "sched_switch", "sched_switch_args",
@@ -88,6 +91,7 @@ class SchedPack(ProbePack):
         self._exited: dict[int, dict] = {}   # totals of threads that exited (entries deleted in BPF)
         self._preemptor_tracks: set[int] = set()
         self._min_offcpu_us = 0
+        self._last_preemptors = 0
 
     # -- setup ---------------------------------------------------------------
     def bpf_text(self, target: TargetProcess, options: dict) -> str:
@@ -173,26 +177,25 @@ class SchedPack(ProbePack):
         out = {tid: dict(v) for tid, v in self._exited.items()}
         if self._bpf is None:
             return out
-        threads = self._bpf[b"sched_threads"]
-        for k, v in threads.items():
+        for k, v in _items(self._bpf[b"sched_threads"]):
             if not v.verified:
                 continue
-            out[k.value] = {f: int(getattr(v, f)) for f in _THREAD_TOTALS}
+            out[k] = {f: int(getattr(v, f)) for f in _THREAD_TOTALS}
             if v.exited:
-                out[k.value]["exited"] = 1
+                out[k]["exited"] = 1
         if self._faults_attached:
-            for k, v in self._bpf[b"sched_faults"].items():
-                if k.value in out:
-                    out[k.value]["faults"] = int(v.value)
+            for k, v in _items(self._bpf[b"sched_faults"]):
+                if k in out:
+                    out[k]["faults"] = int(v)
         return out
 
     def preemptors(self) -> list[dict]:
         """Tasks that held a CPU while a target thread waited for it, most time first."""
         if self._bpf is None:
             return []
-        rows = [{"pid": k.value, "tgid": v.tgid, "comm": _comm(bytes(v.comm)), "ns": int(v.ns),
+        rows = [{"pid": k, "tgid": v.tgid, "comm": _comm(bytes(v.comm)), "ns": int(v.ns),
                  "slices": int(v.slices), "target": v.tgid == self._ctx.target.pid if self._ctx else False}
-                for k, v in self._bpf[b"sched_preemptors"].items()]
+                for k, v in _items(self._bpf[b"sched_preemptors"])]
         rows.sort(key=lambda r: -r["ns"])
         return rows
 
@@ -221,6 +224,9 @@ class SchedPack(ProbePack):
                     del self._bpf[b"sched_threads"][self._bpf[b"sched_threads"].Key(tid)]
                 except KeyError:
                     pass
+        if now_ns - self._last_preemptors < PREEMPTORS_EVERY_NS:
+            return
+        self._last_preemptors = now_ns
         rows = self.preemptors()
         self._preemptor_tracks.update(r["pid"] for r in rows[:TOP_PREEMPTORS])
         for row in rows:
@@ -232,6 +238,7 @@ class SchedPack(ProbePack):
         import time
 
         now = time.monotonic_ns()
+        self._last_preemptors = 0
         self.sample(ctx, now)
         args: dict = {"offcpu_events": self.events, "preempted_events": self.by_reason.get(PREEMPTED, 0),
                       "blocked_events": self.by_reason.get(BLOCKED, 0), "min_offcpu_us": self._min_offcpu_us,
@@ -254,3 +261,18 @@ class SchedPack(ProbePack):
 
     def metadata(self) -> dict:
         return {"offcpu_events": self.events}
+
+
+def _items(table):
+    """(key, value) pairs of a BPF map, in one batch syscall where the kernel has it.
+
+    Integer keys (and integer values) come back as Python ints either way."""
+    try:
+        pairs = list(table.items_lookup_batch())
+    except Exception:
+        pairs = list(table.items())
+    return [(_plain(k), _plain(v)) for k, v in pairs]
+
+
+def _plain(x):
+    return x.value if isinstance(x, (ct.c_uint32, ct.c_uint64, ct.c_int32, ct.c_int64, ct.c_uint, ct.c_ulong)) else x

@@ -1,17 +1,24 @@
 """syscalls pack: how many system calls the target's threads make and how long they take.
 
 raw_syscalls:sys_enter / sys_exit, filtered to the target's tgid, aggregated in
-BPF per (thread, syscall number) -> count, total ns, max ns, errors. Written as:
+BPF per syscall number (count, total ns, max ns, errors) and per thread (count,
+total ns). Written as:
 - cumulative counters `syscalls.<name>.count` and `syscalls.<name>.ns` on the
   process track for the top syscalls (by time and by count; once a syscall has a
-  track it keeps it), sampled with the other counters;
+  track it keeps it), once a second;
 - at the end an instant `syscalls.summary` (category `metadata`) on the process
   track, with `<name>.count`, `<name>.total_ns`, `<name>.max_ns`, `<name>.errors`
-  per syscall, and `<name>.threads` (how many threads made it).
+  per syscall, and `thread.<tid>.count` / `thread.<tid>.total_ns` per thread.
+
+The maps are read once a second in one batch: every map syscall briefly holds
+the kernel's per-CPU bpf_prog_active, and a recorder preempted there makes the
+tracepoint programs on that CPU skip events until it runs again.
 Time in blocking calls (futex, epoll_wait, poll, accept...) is time the thread
 waited there, not CPU time.
 """
 from __future__ import annotations
+
+import ctypes as ct
 
 import time
 from functools import lru_cache
@@ -22,6 +29,8 @@ from ..base import AttachReport, ProbePack
 from ..sched.tracefs import tracepoint_struct
 
 TOP_N = 8
+SAMPLE_EVERY_NS = 1_000_000_000
+SLOTS = 512
 # Numbers newer than bcc's table (x86-64): the uretprobe/uprobe trampolines of
 # the recorder's own user probes (Linux 6.11+ / 6.16+) show up as these.
 _EXTRA_NAMES = {"x86_64": {335: "uretprobe", 336: "uprobe"}}
@@ -53,6 +62,7 @@ class SyscallsPack(ProbePack):
         self._tracked: set[int] = set()      # syscall numbers with counter tracks
         self._last: dict[str, int] = {}
         self.total = 0
+        self._last_sample = 0
 
     def bpf_text(self, target: TargetProcess, options: dict) -> str:
         enter = tracepoint_struct("raw_syscalls", "sys_enter", "sys_enter_args", ("id",))
@@ -78,18 +88,24 @@ class SyscallsPack(ProbePack):
         report.attached.append("syscalls: raw_syscalls:sys_enter/sys_exit (tracepoints, count and time per syscall)")
 
     def per_syscall(self) -> dict[int, dict]:
-        """syscall nr -> {count, total_ns, max_ns, errors, threads} over all target threads."""
+        """syscall nr -> {count, total_ns, max_ns, errors} over all target threads."""
         out: dict[int, dict] = {}
         if not self._attached:
             return out
-        for k, v in self._bpf[b"sys_stats"].items():
-            row = out.setdefault(k.nr, {"count": 0, "total_ns": 0, "max_ns": 0, "errors": 0, "threads": 0})
-            row["count"] += v.count
-            row["total_ns"] += v.total_ns
-            row["max_ns"] = max(row["max_ns"], v.max_ns)
-            row["errors"] += v.errors
-            row["threads"] += 1
+        for k, per_cpu in _items(self._bpf[b"sys_stats"]):
+            count = sum(v.count for v in per_cpu)
+            if not count:
+                continue
+            out[k] = {"count": count, "total_ns": sum(v.total_ns for v in per_cpu),
+                            "max_ns": max(v.max_ns for v in per_cpu), "errors": sum(v.errors for v in per_cpu)}
         return out
+
+    def per_thread(self) -> dict[int, dict]:
+        """tid -> {count, total_ns} of the target's threads."""
+        if not self._attached:
+            return {}
+        return {k: {"count": v.count, "total_ns": v.total_ns}
+                for k, v in _items(self._bpf[b"sys_threads"]) if v.count}
 
     def _counter(self, ctx, name: str, unit: str, ts: int, value: int) -> None:
         if self._last.get(name) == value:
@@ -97,9 +113,10 @@ class SyscallsPack(ProbePack):
         self._last[name] = value
         ctx.writer.counter(ctx.counter_track(name, unit, ctx.process_track), ts, int(value))
 
-    def sample(self, ctx, now_ns: int) -> None:
-        if not self._attached:
+    def sample(self, ctx, now_ns: int, force: bool = False) -> None:
+        if not self._attached or (not force and now_ns - self._last_sample < SAMPLE_EVERY_NS):
             return
+        self._last_sample = now_ns
         rows = self.per_syscall()
         self.total = sum(r["count"] for r in rows.values())
         for key in ("total_ns", "count"):
@@ -108,7 +125,7 @@ class SyscallsPack(ProbePack):
             row = rows.get(nr)
             if row is None:
                 continue
-            name = syscall_name(nr)
+            name = syscall_name(nr) if nr < SLOTS - 1 else "other"
             self._counter(ctx, f"syscalls.{name}.count", "calls", now_ns, row["count"])
             self._counter(ctx, f"syscalls.{name}.ns", "ns", now_ns, row["total_ns"])
 
@@ -116,18 +133,32 @@ class SyscallsPack(ProbePack):
         if not self._attached:
             return
         now = time.monotonic_ns()
-        self.sample(ctx, now)
+        self.sample(ctx, now, force=True)
         rows = self.per_syscall()
         args: dict = {"syscalls": self.total, "distinct": len(rows)}
-        try:
-            args["dropped"] = int(sum(v.value for v in bpf[b"sys_dropped"].values()))
-        except Exception:
-            pass
         for nr, row in sorted(rows.items(), key=lambda kv: -kv[1]["total_ns"]):
-            name = syscall_name(nr)
+            name = syscall_name(nr) if nr < SLOTS - 1 else "other"
             for key, value in row.items():
                 args[f"{name}.{key}"] = int(value)
+        for tid, row in sorted(self.per_thread().items()):
+            for key, value in row.items():
+                args[f"thread.{tid}.{key}"] = int(value)
         ctx.writer.instant(ctx.process_track, now, "syscalls.summary", "metadata", args)
 
     def metadata(self) -> dict:
         return {"syscalls": self.total}
+
+
+def _items(table):
+    """(key, value) pairs of a BPF map, in one batch syscall where the kernel has it.
+
+    Integer keys (and integer values) come back as Python ints either way."""
+    try:
+        pairs = list(table.items_lookup_batch())
+    except Exception:
+        pairs = list(table.items())
+    return [(_plain(k), _plain(v)) for k, v in pairs]
+
+
+def _plain(x):
+    return x.value if isinstance(x, (ct.c_uint32, ct.c_uint64, ct.c_int32, ct.c_int64, ct.c_uint, ct.c_ulong)) else x
