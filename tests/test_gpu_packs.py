@@ -307,6 +307,17 @@ def test_default_packs_apply_to_gpu_targets(standins):
         target = TargetProcess.from_pid(proc.pid)
         applies = {p.name for p in default_packs() if p.applies_to(target)}
         assert {"cuda", "nccl"} <= applies and not {"hip", "python", "llama_cpp"} & applies
+        py = pyenv_python("3.12")
+        if py is not None:  # a Python engine: the python pack rides along
+            pyproc = subprocess.Popen([py, str(REPO / "tests/standins/py_driver.py"), str(standins)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:
+                json.loads(pyproc.stdout.readline())
+                pytarget = TargetProcess.from_pid(pyproc.pid)
+                assert {p.name for p in default_packs() if p.applies_to(pytarget)} >= {"cuda", "python"}
+            finally:
+                pyproc.kill()
+                pyproc.wait()
         target.libraries["libllama"] = "/x/libllama.so"
         assert not {p.name for p in default_packs() if p.applies_to(target)} & {"cuda", "nccl", "hip", "python"}
     finally:

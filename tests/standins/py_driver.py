@@ -107,7 +107,10 @@ class EngineCore:
     def schedule(self, k):
         n = 1 + (k * 3) % self.args.max_batch
         prefill = k % self.args.prefill_every == 0
-        return SchedulerOutput(k, [f"req-{k}-{i}" for i in range(n)], self.args.prompt_len, prefill)
+        so = SchedulerOutput(k, [f"req-{k}-{i}" for i in range(n)], self.args.prompt_len, prefill)
+        if k % 2:
+            vars(so)  # a materialized __dict__ (instead of inline / shared-key values) on odd steps
+        return so
 
     def step(self, k):
         so = self.schedule(k)
@@ -164,6 +167,10 @@ class ScheduleBatch:
         self.reqs = [f"rid-{k}-{i}" for i in range(n)]
         self.forward_mode = "EXTEND" if prefill else "DECODE"
         self.batch_is_full = False
+        # SGLang's ScheduleBatch has ~60 fields: past CPython's 30 shared keys the
+        # instance dict is a combined table, which the recorder must read too.
+        for i in range(40):
+            setattr(self, f"field_{i}", i)
         self.seq_lens_sum = n * (prompt_len + k)
         self.extend_num_tokens = n * prompt_len if prefill else None
         self.sampling_info = SamplingBatchInfo(top_k=1 + k % 7)
