@@ -1,0 +1,317 @@
+"""Root cause of each latency anomaly: SHAP attribution of a latency model over
+per-batch workload and system features, mapped to a cause vocabulary.
+
+    res = prismkit.explain(trace)                  # anomalies from prismkit.detect, or pass them
+    res = prismkit.explain(trace, anomalies=df)    # df with start/end (ns) columns
+    res.causes        # one row per anomaly x cause: rank, cause, share, ms, confidence, evidence
+    res.top           # one row per anomaly: its top cause
+    res.shap          # per anomaly x feature: mean SHAP (anomaly) - mean SHAP (baseline), ns
+
+Method
+------
+1. ``batch_features`` gives one row per batch: workload columns and what the
+   system did to the server's threads while the batch ran (off-CPU time split
+   into preempted by another process / by the idle task (throttling) / blocked,
+   run-queue waits, faults, throttled ns, PSI stall shares, syscall time, ...).
+2. A LightGBM model of batch latency is fit on all batches of the trace (when
+   prismkit.detect's WorkloadModel is given, on the residual
+   latency - expected(workload) instead, so that the workload is explained first).
+3. SHAP TreeExplainer values of the anomaly's batches minus those of the
+   baseline batches give, per feature, how many ns of the slowdown it accounts for.
+4. Features are grouped into causes (features.FEATURE_GROUPS) with rules that
+   use the physical meaning of the evidence:
+   - time preempted by another process (and run-queue waits) -> cpu_contention;
+   - time preempted with the CPU going idle, cgroup throttled ns -> cpu_throttle;
+   - the batch thread blocked inside its batch -> stall, unless major faults or
+     memory pressure rose with it (-> memory_pressure) or I/O pressure rose
+     (-> io_contention);
+   - PSI memory / major faults -> memory_pressure; PSI io / io syscalls -> io_contention;
+   - a slowdown the model cannot place on any off-CPU feature, with the work
+     unchanged and the batch thread on CPU longer per token -> memory_bandwidth;
+   - workload columns -> workload.
+   A cause whose pressure signal moved strongly against the baseline but whose
+   SHAP share is small still appears (lower ranks) with its evidence.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .features import FEATURE_GROUPS, SYSTEM, WORKLOAD, batch_features, preemptors
+
+CAUSES = ["cpu_contention", "cpu_throttle", "memory_bandwidth", "stall", "memory_pressure", "io_contention",
+          "workload", "unknown"]
+MS = 1e6
+
+
+@dataclass
+class Explanation:
+    causes: pd.DataFrame           # anomaly x cause rows, ranked
+    shap: pd.DataFrame             # anomaly x feature: delta SHAP (ns), value in anomaly and baseline
+    features: pd.DataFrame         # per batch features (+ anomaly_id, baseline flag)
+    anomalies: pd.DataFrame        # the anomalies explained (start, end, n_batches, ...)
+    timing: dict = field(default_factory=dict)
+    model: object = None
+    explainer: object = None
+    feature_names: list = field(default_factory=list)
+
+    @property
+    def top(self) -> pd.DataFrame:
+        if self.causes.empty:
+            return self.causes
+        return self.causes[self.causes["rank"] == 1].reset_index(drop=True)
+
+    def shap_values(self, anomaly_id: int):
+        """shap.Explanation for the batches of one anomaly (for waterfall / beeswarm plots)."""
+        import shap
+
+        f = self.features
+        X = f.loc[f["anomaly_id"] == anomaly_id, self.feature_names]
+        sv = self.explainer(X)
+        return shap.Explanation(values=sv.values, base_values=sv.base_values, data=X.to_numpy(),
+                                feature_names=self.feature_names)
+
+    def anomaly_shap(self, anomaly_id: int):
+        """One shap.Explanation row: the anomaly's mean batch against the baseline (for a waterfall)."""
+        import shap
+
+        d = self.shap[self.shap["anomaly_id"] == anomaly_id].set_index("feature").reindex(self.feature_names)
+        base = float(self.features.loc[self.features["baseline"], "pred"].mean())
+        return shap.Explanation(values=(d["delta_ns"].to_numpy() / MS), base_values=base / MS,
+                                data=d["value"].to_numpy(), feature_names=self.feature_names)
+
+    def perfetto_range(self, anomaly_id: int) -> str:
+        a = self.anomalies.loc[anomaly_id]
+        return f"ts {int(a['start'])} .. {int(a['end'])} ns (trace clock), {(a['end'] - a['start']) / MS:.1f} ms"
+
+
+def _anomalies_from(trace, anomalies, labels) -> pd.DataFrame:
+    if anomalies is None and labels is not None:
+        from ..inject.labels import read_labels
+
+        lab = labels if isinstance(labels, pd.DataFrame) else read_labels(labels)
+        lab = lab[lab["kind"] == "fault"] if "kind" in lab else lab
+        anomalies = pd.DataFrame({"start": lab["start_ns"].to_numpy(np.int64), "end": lab["end_ns"].to_numpy(np.int64),
+                                  "scenario": lab["scenario"].to_numpy(object)})
+    if anomalies is None:
+        try:
+            from ..detect import detect
+        except ImportError as err:  # pragma: no cover - detect not installed
+            raise ValueError("no anomalies given and prismkit.detect is unavailable") from err
+        anomalies = detect(trace).anomalies
+    if hasattr(anomalies, "anomalies"):
+        anomalies = anomalies.anomalies
+    a = anomalies.copy()
+    if "start" not in a and "start_ns" in a:
+        a = a.rename(columns={"start_ns": "start", "end_ns": "end"})
+    return a.reset_index(drop=True)
+
+
+def _baseline_mask(f: pd.DataFrame, anomalies: pd.DataFrame, baseline, margin_ns: int) -> np.ndarray:
+    ts, end = f["ts"].to_numpy(), f["end"].to_numpy()
+    if baseline is None:
+        m = np.ones(len(f), dtype=bool)
+        for s, e in zip(anomalies["start"].to_numpy(np.int64), anomalies["end"].to_numpy(np.int64)):
+            m &= ~((end > s - margin_ns) & (ts < e + margin_ns))
+        return m
+    if isinstance(baseline, (tuple, list)) and len(baseline) == 2:
+        return (ts >= baseline[0]) & (end <= baseline[1])
+    return np.asarray(baseline, dtype=bool)
+
+
+def _fmt_ns(ns: float) -> str:
+    return f"{ns / MS:.1f} ms" if abs(ns) >= 1e5 else f"{ns / 1e3:.0f} us"
+
+
+def explain(trace, anomalies=None, baseline=None, *, labels=None, model=None, margin_s: float = 0.5,
+            max_causes: int = 4, seed: int = 0) -> Explanation:
+    """Ranked root causes of each anomaly (see the module docstring).
+
+    anomalies: DataFrame with start/end ns (prismkit.detect's table works), a
+    DetectionResult, or None (labels if given, else prismkit.detect(trace)).
+    baseline: None (all batches outside the anomalies, with a margin), a
+    (start_ns, end_ns) pair, or a boolean mask over trace batches.
+    model: an optional fitted prismkit.detect WorkloadModel: explain its residual.
+    """
+    import lightgbm as lgb
+    import shap
+
+    t0 = time.perf_counter()
+    f = batch_features(trace)
+    t_feat = time.perf_counter() - t0
+    an = _anomalies_from(trace, anomalies, labels)
+    f["anomaly_id"] = -1
+    ts, end = f["ts"].to_numpy(), f["end"].to_numpy()
+    for i, (s, e) in enumerate(zip(an["start"].to_numpy(np.int64), an["end"].to_numpy(np.int64))):
+        f.loc[(end > s) & (ts < e) & (f["anomaly_id"].to_numpy() < 0), "anomaly_id"] = i
+    f["baseline"] = _baseline_mask(f, an, baseline, int(margin_s * 1e9)) & (f["anomaly_id"].to_numpy() < 0)
+
+    y = f["latency_ns"].to_numpy(dtype=np.float64)
+    expected = None
+    if model is not None:
+        try:
+            expected = np.asarray(model.predict(trace.batches), dtype=np.float64)
+            if len(expected) != len(f):
+                expected = None
+        except Exception:  # noqa: BLE001 - a model of another shape: fall back to raw latency
+            expected = None
+    names = [c for c in WORKLOAD + SYSTEM if c in f and f[c].nunique() > 1]
+    X = f[names].astype(np.float64)
+    target = y - expected if expected is not None else y
+    t1 = time.perf_counter()
+    gbm = lgb.LGBMRegressor(n_estimators=150, learning_rate=0.08, num_leaves=15, min_child_samples=5,
+                            subsample=0.9, subsample_freq=1, random_state=seed, verbose=-1, n_jobs=1)
+    gbm.fit(X, target)
+    explainer = shap.TreeExplainer(gbm)
+    f["pred"] = gbm.predict(X)
+    t_fit = time.perf_counter() - t1
+
+    base = f["baseline"].to_numpy()
+    if not base.any():
+        base = f["anomaly_id"].to_numpy() < 0
+    rows, shap_rows, per_anomaly_s = [], [], []
+    sv_base = explainer.shap_values(X[base]).mean(axis=0) if base.any() else np.zeros(len(names))
+    Xb = X[base]
+    fb = f[base]
+    lat_base = float(np.median(y[base])) if base.any() else float(np.median(y))
+    pid = int(pd.to_numeric(trace.batches["pid"]).mode().iloc[0]) if len(trace.batches) else None
+    for i, a in an.iterrows():
+        ta = time.perf_counter()
+        m = f["anomaly_id"].to_numpy() == i
+        n_b = int(m.sum())
+        if n_b == 0:
+            rows.append(dict(anomaly_id=i, start=int(a["start"]), end=int(a["end"]), n_batches=0, rank=1,
+                             cause="unknown", share=1.0, ms=0.0, confidence=0.0,
+                             evidence="no batches ran in this window (the server did no work)"))
+            per_anomaly_s.append(time.perf_counter() - ta)
+            continue
+        sv = explainer.shap_values(X[m])
+        delta = sv.mean(axis=0) - sv_base
+        va, vb = X[m].mean(axis=0), Xb.mean(axis=0)
+        for j, nm in enumerate(names):
+            shap_rows.append(dict(anomaly_id=i, feature=nm, cause=FEATURE_GROUPS.get(nm, "unknown"),
+                                  delta_ns=float(delta[j]), value=float(va.iloc[j]), baseline=float(vb.iloc[j])))
+        fa = f[m]
+        rows += _causes_for(i, a, n_b, dict(zip(names, delta)), fa, fb, lat_base, trace, pid, max_causes)
+        per_anomaly_s.append(time.perf_counter() - ta)
+    causes = pd.DataFrame(rows)
+    timing = {"features_s": t_feat, "fit_s": t_fit, "per_anomaly_s": per_anomaly_s,
+              "total_s": time.perf_counter() - t0,
+              "per_anomaly_total_s": (time.perf_counter() - t0) / max(len(an), 1)}
+    return Explanation(causes=causes, shap=pd.DataFrame(shap_rows), features=f, anomalies=an, timing=timing,
+                       model=gbm, explainer=explainer, feature_names=names)
+
+
+def _rel(a: float, b: float) -> float:
+    return (a - b) / max(abs(b), 1e-9)
+
+
+def _causes_for(i, a, n_b, delta: dict, fa: pd.DataFrame, fb: pd.DataFrame, lat_base: float, trace, pid,
+                max_causes: int) -> list[dict]:
+    """Group per-feature SHAP deltas into causes with the rules of the module docstring; evidence in words."""
+    mean = lambda df, c: float(df[c].mean()) if c in df and len(df) else 0.0  # noqa: E731
+    lat_a = float(fa["latency_ns"].median())
+    slowdown = lat_a / max(lat_base, 1.0)
+    score = {c: 0.0 for c in CAUSES}
+    for nm, d in delta.items():
+        score[FEATURE_GROUPS.get(nm, "unknown")] += d
+
+    # measured movements against the baseline (per batch means)
+    mv = {c: (mean(fa, c), mean(fb, c)) for c in fa.columns if c in SYSTEM or c in
+          ("latency_ns", "main_oncpu_ns", "graph_compute_ns", "n_tokens")}
+    d_major = mv["major_faults"][0] - mv["major_faults"][1]
+    d_psi_mem = mv["psi_memory"][0] - mv["psi_memory"][1]
+    d_psi_io = mv["psi_io"][0] - mv["psi_io"][1]
+    mem_evidence = d_major > 0.05 or d_psi_mem > 0.02
+    io_evidence = d_psi_io > 0.02 and not mem_evidence
+
+    # blocked time of the batch thread: a stop (stall) unless the kernel says why
+    blocked = score["stall"]
+    if mem_evidence:
+        score["memory_pressure"] += blocked
+        score["stall"] = 0.0
+    elif io_evidence:
+        score["io_contention"] += blocked
+        score["stall"] = 0.0
+
+    # on-CPU slowdown the off-CPU features do not place: compute itself got slower
+    tok_a, tok_b = max(mv["n_tokens"][0], 1.0), max(mv["n_tokens"][1], 1.0)
+    oncpu_a, oncpu_b = mv["main_oncpu_ns"][0] / tok_a, mv["main_oncpu_ns"][1] / tok_b
+    oncpu_excess = (oncpu_a - oncpu_b) * tok_a
+    offcpu_excess = ((mv["preempted_other_ns"][0] - mv["preempted_other_ns"][1])
+                     + (mv["main_blocked_ns"][0] - mv["main_blocked_ns"][1]))
+    if oncpu_excess > 0 and oncpu_a > 1.3 * oncpu_b and oncpu_excess > 0.5 * max(offcpu_excess, 0):
+        # move the share of the CPU-side attribution that the on-CPU growth accounts for
+        frac = oncpu_excess / max(oncpu_excess + max(offcpu_excess, 0), 1.0)
+        moved = frac * max(score["cpu_contention"], 0)
+        score["cpu_contention"] -= moved
+        score["memory_bandwidth"] += moved + max(score["unknown"], 0) * frac
+        if score["memory_bandwidth"] <= 0:
+            score["memory_bandwidth"] = oncpu_excess * 0.5
+
+    total_pos = sum(max(v, 0) for v in score.values())
+    lat_excess = max(lat_a - lat_base, 0.0)
+    order = sorted(score, key=lambda c: -score[c])
+    out = []
+    rank = 0
+    for c in order:
+        v = score[c]
+        if v <= 0 or rank >= max_causes:
+            continue
+        rank += 1
+        share = v / total_pos if total_pos > 0 else 0.0
+        conf = share * min(1.0, v / max(lat_excess, 1.0)) ** 0.5 if lat_excess > 0 else share * 0.5
+        out.append(dict(anomaly_id=i, start=int(a["start"]), end=int(a["end"]), n_batches=n_b, rank=rank,
+                        cause=c, share=round(share, 3), ms=v / MS, slowdown=round(slowdown, 2),
+                        confidence=round(float(np.clip(conf, 0, 1)), 3),
+                        evidence=_evidence(c, mv, trace, pid, a, delta, oncpu_a, oncpu_b)))
+    if not out:
+        out.append(dict(anomaly_id=i, start=int(a["start"]), end=int(a["end"]), n_batches=n_b, rank=1,
+                        cause="unknown", share=1.0, ms=0.0, slowdown=round(slowdown, 2), confidence=0.0,
+                        evidence=f"batch latency {_fmt_ns(lat_a)} vs {_fmt_ns(lat_base)} baseline; "
+                                 "no feature accounts for it"))
+    return out
+
+
+def _moved(mv, c, unit="ns") -> str:
+    a, b = mv[c]
+    if unit == "ns":
+        return f"{_fmt_ns(a)} per batch vs {_fmt_ns(b)} baseline"
+    if unit == "%":
+        return f"{100 * a:.1f}% vs {100 * b:.1f}% baseline"
+    return f"{a:.2f} vs {b:.2f} baseline"
+
+
+def _evidence(cause, mv, trace, pid, a, delta, oncpu_a, oncpu_b) -> str:
+    top = sorted(((d, n) for n, d in delta.items() if FEATURE_GROUPS.get(n) == cause), reverse=True)[:2]
+    shap_txt = ", ".join(f"{n} {_fmt_ns(d)}" for d, n in top if d > 0)
+    shap_txt = f" (SHAP: {shap_txt})" if shap_txt else ""
+    if cause == "cpu_contention":
+        pr = preemptors(trace, int(a["start"]), int(a["end"]), pid)
+        who = "; ".join(f"{r.by_comm} (pid {r.by_pid}) held the CPU {_fmt_ns(r.ns)} over {r.n} preemptions"
+                        for r in pr.head(3).itertuples()) or "no single other process"
+        return (f"server threads preempted by other processes {_moved(mv, 'preempted_other_ns')}, run-queue wait "
+                f"{_moved(mv, 'runq_wait_ns')}; top preemptors: {who}{shap_txt}")
+    if cause == "cpu_throttle":
+        return (f"cgroup throttled {_moved(mv, 'throttled_ns')}; preempted with the CPU left idle "
+                f"{_moved(mv, 'preempted_idle_ns')}{shap_txt}")
+    if cause == "stall":
+        return (f"the batch thread was stopped/blocked {_moved(mv, 'main_blocked_ns')} with no other process "
+                f"running instead (preempted by others {_moved(mv, 'preempted_other_ns')}); no major faults or "
+                f"I/O pressure{shap_txt}")
+    if cause == "memory_pressure":
+        return (f"major page faults {_moved(mv, 'major_faults', 'x')} per batch, PSI memory "
+                f"{_moved(mv, 'psi_memory', '%')}, batch thread blocked {_moved(mv, 'main_blocked_ns')}{shap_txt}")
+    if cause == "io_contention":
+        return (f"PSI io {_moved(mv, 'psi_io', '%')}, I/O syscall time {_moved(mv, 'io_syscall_ns')}, "
+                f"batch thread blocked {_moved(mv, 'main_blocked_ns')}{shap_txt}")
+    if cause == "memory_bandwidth":
+        return (f"on-CPU time per token {_fmt_ns(oncpu_a)} vs {_fmt_ns(oncpu_b)} baseline "
+                f"({100 * _rel(oncpu_a, oncpu_b):+.0f}%) while off-CPU time does not account for it: the compute "
+                f"itself ran slower (memory bandwidth / cache interference){shap_txt}")
+    if cause == "workload":
+        return f"tokens per batch {_moved(mv, 'n_tokens', 'x')}{shap_txt}"
+    return f"unattributed{shap_txt}"
