@@ -19,6 +19,7 @@ _LAZY = {
     "Trace": "prismkit.trace",
     "BatchBreakdown": "prismkit.analysis",
     "RequestBreakdown": "prismkit.analysis",
+    "explain": "prismkit.rootcause",
 }
 __all__ = ["PrismError", "__version__", *_LAZY]
 

@@ -261,10 +261,24 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     return run_watch(cfg)
 
 
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    from .rootcause.cli import add_explain_arguments
+
+    add_explain_arguments(sub.add_parser("explain", help="rank the root causes of each latency anomaly (SHAP)"))
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .rootcause.cli import cmd_explain
+
+    return cmd_explain(args)
+
+
 COMMANDS = {"target": (_add_target, _cmd_target), "load": (_add_load, _cmd_load),
             "record": (_add_record, _cmd_record), "analyze": (_add_analyze, _cmd_analyze),
             "demo": (_add_demo, _cmd_demo), "inject": (_add_inject, _cmd_inject),
             "watch": (_add_watch, _cmd_watch)}
+
+COMMANDS["explain"] = (_add_explain, _cmd_explain)
 
 
 def build_parser() -> argparse.ArgumentParser:
