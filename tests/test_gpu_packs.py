@@ -215,46 +215,52 @@ def test_sglang_overlap_hip_rccl_exact(standins, bpf_ok, tmp_path):
     assert trace.metadata["lost_events"] == 0
 
 
-PY_ATTRS = {
-    "vllm": [("n_tokens", "GPUModelRunner.execute_model:scheduler_output.total_num_scheduled_tokens"),
-             ("n_seqs", "GPUModelRunner.execute_model:len(scheduler_output.num_scheduled_tokens)")],
-    "sglang": [("n_seqs", "Scheduler.run_batch:len(batch.reqs)"),
-               ("seq_lens_sum", "Scheduler.run_batch:batch.seq_lens_sum"),
-               ("top_k", "Scheduler.run_batch:batch.sampling_info.top_k")],
-}
+# Four attributes (the most one recording reads), for both engines' functions: the
+# vLLM ones are on the stack in vLLM-shaped steps, the SGLang ones in SGLang-shaped steps.
+PY_ATTRS = [
+    ("n_tokens", "GPUModelRunner.execute_model:scheduler_output.total_num_scheduled_tokens"),  # int
+    ("n_seqs", "GPUModelRunner.execute_model:len(scheduler_output.num_scheduled_tokens)"),      # len(dict)
+    ("n_seqs", "Scheduler.run_batch:len(batch.reqs)"),                                           # len(list)
+    ("top_k", "Scheduler.run_batch:batch.sampling_info.top_k"),  # through a 45-entry combined dict
+]
+PY_COLUMNS = {"vllm": ("n_tokens", "n_seqs"), "sglang": ("n_seqs", "top_k")}
 
 
 @pytest.mark.parametrize("minor", ["3.11", "3.12", "3.13"])
-@pytest.mark.parametrize("mode", ["vllm", "sglang"])
-def test_python_frames_and_attributes(standins, bpf_ok, tmp_path, minor, mode):
-    """The Python stack at each step's closing copy and the configured attributes, exact per step."""
+def test_python_frames_and_attributes(standins, bpf_ok, tmp_path, minor):
+    """The Python stack at each step's closing copy and the configured attributes, exact per step:
+    a vLLM-shaped loop, then an SGLang-shaped overlap loop, in one interpreter."""
     from recorders.packs.cuda import CudaPack
     from recorders.packs.python import PythonPack
 
     python = pyenv_python(minor)
     require(python is not None, f"pyenv Python {minor} is not installed")
-    cmd = [python, str(REPO / "tests" / "standins" / "py_driver.py"), str(standins), "--mode", mode,
+    cmd = [python, str(REPO / "tests" / "standins" / "py_driver.py"), str(standins), "--mode", "both",
            "--steps", "12", "--layers", "20"]
-    trace, result, summary = record(cmd, [CudaPack(prefill_min_launches=32), PythonPack(PY_ATTRS[mode])], tmp_path)
+    trace, result, summary = record(cmd, [CudaPack(prefill_min_launches=32), PythonPack(PY_ATTRS)], tmp_path)
     assert result["python"] == minor
     b = trace.batches
     exp = result["steps"]
-    assert len(b) == len(exp) == 12
-    assert (b["py_stack"] == ";".join(result["stack"])).all()
-    assert (b["py_depth"] == len(result["stack"])).all()
+    assert len(b) == len(exp) == 24
+    assert list(b["py_stack"]) == [";".join(e["stack"]) for e in exp]
+    assert list(b["py_depth"]) == [len(e["stack"]) for e in exp]
     for i, (row, e) in enumerate(zip(b.to_dict("records"), exp)):
         assert row["phase"] == e["phase"], f"step {i}"
         assert row["n_sampled"] == e["n_sampled"], f"step {i}"
-        for column in {c for c, _ in PY_ATTRS[mode]}:
-            assert row[column] == e[column], f"step {i} {column}"
-    if mode == "vllm":  # the attribute replaced the batch size the copy gave
-        assert (b["n_tokens"] != b["n_sampled"]).any()
+        for column in PY_COLUMNS[e["engine"]]:
+            assert row[column] == e[column], f"step {i} ({e['engine']}) {column}"
+        if e["engine"] == "sglang":
+            assert row["n_tokens"] == e["n_sampled"]  # no attribute for it there: the copy's batch size
+            assert row["clipped"] == (i < len(exp) - 1)
+        else:
+            assert pd.isna(row["top_k"]) and not row["clipped"]
+    assert (b["n_tokens"] != b["n_sampled"]).any(), "the attribute replaced the copy's batch size"
     attached = "\n".join(summary.attached)
     assert f"python: Python {minor} frames" in attached
     if minor == "3.13":
         assert "offsets from _Py_DebugOffsets" in attached and "differed" not in attached
-    assert summary.events["python_steps_with_stack"] == 12
-    assert summary.events["python_attrs_read"] == 12 * len(PY_ATTRS[mode])
+    assert summary.events["python_steps_with_stack"] == 24
+    assert summary.events["python_attrs_read"] == 24 * 2
     assert trace.metadata["lost_events"] == 0
 
 

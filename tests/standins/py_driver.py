@@ -173,7 +173,7 @@ class ScheduleBatch:
             setattr(self, f"field_{i}", i)
         self.seq_lens_sum = n * (prompt_len + k)
         self.extend_num_tokens = n * prompt_len if prefill else None
-        self.sampling_info = SamplingBatchInfo(top_k=1 + k % 7)
+        self.sampling_info = SamplingBatchInfo(top_k=1 + k % 7)  # entry ~45 of the combined table
         self.return_logprob = False
 
 
@@ -234,7 +234,7 @@ SGLANG_STACK = ["Gpu.copy", "TpModelWorker.forward_batch_generation", "Scheduler
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("libdir")
-    ap.add_argument("--mode", choices=("vllm", "sglang"), default="vllm")
+    ap.add_argument("--mode", choices=("vllm", "sglang", "both"), default="vllm")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--layers", type=int, default=20)
     ap.add_argument("--max-batch", type=int, default=6)
@@ -249,16 +249,17 @@ def main():
         print(json.dumps({"bench": BenchRunner(gpu).execute_model(SchedulerOutput(0, ["a", "b"], 4, False),
                                                                   args.bench)}), flush=True)
         return
-    if args.mode == "vllm":
+    steps = []
+    if args.mode in ("vllm", "both"):
         engine = EngineCore(Worker(GPUModelRunner(gpu, args.layers)), args)
         engine.run_busy_loop()
-        stack = VLLM_STACK
-    else:
+        steps += [{**e, "engine": "vllm", "stack": VLLM_STACK} for e in engine.expected]
+    if args.mode in ("sglang", "both"):
         engine = Scheduler(TpModelWorker(gpu, args.layers), args)
         engine.event_loop_overlap()
-        stack = SGLANG_STACK
-    print(json.dumps({"mode": args.mode, "python": "%d.%d" % sys.version_info[:2], "steps": engine.expected,
-                      "stack": stack, "launches_per_prefill": 4 * args.layers + 1}), flush=True)
+        steps += [{**e, "engine": "sglang", "stack": SGLANG_STACK} for e in engine.expected]
+    print(json.dumps({"mode": args.mode, "python": "%d.%d" % sys.version_info[:2], "steps": steps,
+                      "launches_per_prefill": 4 * args.layers + 1}), flush=True)
 
 
 if __name__ == "__main__":
