@@ -20,6 +20,10 @@ _LAZY = {
     "BatchBreakdown": "prismkit.analysis",
     "RequestBreakdown": "prismkit.analysis",
     "explain": "prismkit.rootcause",
+    "WorkloadModel": "prismkit.detect",
+    "OnlineDetector": "prismkit.detect",
+    "DetectorConfig": "prismkit.detect",
+    "detect": "prismkit.detect",
 }
 __all__ = ["PrismError", "__version__", *_LAZY]
 

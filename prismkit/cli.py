@@ -273,12 +273,25 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return cmd_explain(args)
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from .detect.cli import add_arguments
+
+    add_arguments(sub.add_parser("eval", help="score the anomaly detector (and workload model) on labelled traces"))
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .detect.cli import cmd
+
+    return cmd(args)
+
+
 COMMANDS = {"target": (_add_target, _cmd_target), "load": (_add_load, _cmd_load),
             "record": (_add_record, _cmd_record), "analyze": (_add_analyze, _cmd_analyze),
             "demo": (_add_demo, _cmd_demo), "inject": (_add_inject, _cmd_inject),
             "watch": (_add_watch, _cmd_watch)}
 
 COMMANDS["explain"] = (_add_explain, _cmd_explain)
+COMMANDS["eval"] = (_add_eval, _cmd_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:
