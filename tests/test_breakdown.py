@@ -41,8 +41,11 @@ def test_stages_sum_to_each_batch(recording, scope):
     assert (df[STAGE_COLUMNS] >= 0).all().all()
     if scope == "batch":
         assert (df["window_ns"] == df["dur"]).all()
-        # graph compute is where a decode spends its time when nothing else runs
-        assert df["graph_compute_ns"].sum() > 0.3 * df["window_ns"].sum()
+        # Inside llama_decode the thread computes the graph or is off the CPU; the rest
+        # (batch preparation) is small, however loaded the machine is.
+        busy = df["graph_compute_ns"] + df["offcpu_preempted_ns"] + df["offcpu_blocked_ns"]
+        assert busy.sum() > 0.5 * df["window_ns"].sum()
+        assert (df["graph_compute_ns"] > 0).mean() > 0.9
     else:
         assert (df["window_ns"] >= df["dur"]).all()
         assert df["sample_ns"].sum() > 0 and df["detokenize_ns"].sum() > 0
