@@ -286,8 +286,11 @@ int gpu_event_record(struct pt_regs *ctx) {
     }
     s->event = event;
     s->flags |= GPU_F_SEALED;
-    gpu_sealed.update(&event, s);
-    gpu_last_sealed.update(&tid, &event);
+    if (gpu_sealed.update(&event, s) != 0) {
+        gpu_emit(s, now, 0, 0, GPU_F_NO_SYNC);  // too many steps waiting: write this one now
+    } else {
+        gpu_last_sealed.update(&tid, &event);
+    }
     gpu_acc.delete(&tid);
     return 0;
 }

@@ -105,10 +105,17 @@ static __always_inline int py_str_eq(u64 s, struct py_str *want, struct py_scrat
     return diff == 0;
 }
 
+#define PY_RETRY_EVERY 64         // a thread with no thread state is looked for again every 64th copy
+
 static __always_inline u64 py_find_tstate(u32 tid) {
     u64 *cached = py_tstate.lookup(&tid);
+    if (cached && (*cached & 1)) {  // negative entry: (misses << 1) | 1 (thread states are 8-aligned)
+        u64 misses = *cached >> 1;
+        *cached = ((misses + 1) << 1) | 1;
+        if (misses % PY_RETRY_EVERY != 0) return 0;
+    }
 #if PY_MINOR >= 11
-    if (cached && *cached) {
+    if (cached && *cached && !(*cached & 1)) {
         u64 ntid = py_read_u64(*cached + PY_OFF_TSTATE_NATIVE_THREAD_ID);
         if ((u32)ntid == tid) return *cached;
     }
@@ -116,7 +123,7 @@ static __always_inline u64 py_find_tstate(u32 tid) {
 #else
     // 3.10 keeps only pthread_self(): the kernel tid is in glibc's struct pthread (offset found at attach).
     u64 want = tid;
-    if (cached && *cached) {
+    if (cached && *cached && !(*cached & 1)) {
         u32 t2 = 0;
         bpf_probe_read_user(&t2, sizeof(t2), (void *)(py_read_u64(*cached + PY_OFF_TSTATE_THREAD_ID) + PY_OFF_PTHREAD_TID));
         if (t2 == tid) return *cached;
@@ -140,6 +147,10 @@ static __always_inline u64 py_find_tstate(u32 tid) {
             return t;
         }
         t = py_read_u64(t + PY_OFF_TSTATE_NEXT);
+    }
+    if (!cached) {  // not a Python thread (yet): remember, so its copies skip the scan
+        u64 neg = (1 << 1) | 1;
+        py_tstate.update(&tid, &neg);
     }
     return 0;
 }
