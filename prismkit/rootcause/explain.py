@@ -172,6 +172,11 @@ def explain(trace, anomalies=None, baseline=None, *, labels=None, model=None, ma
     base = f["baseline"].to_numpy()
     if not base.any():
         base = f["anomaly_id"].to_numpy() < 0
+    wl = [c for c in WORKLOAD if c in f]
+    on = lgb.LGBMRegressor(n_estimators=60, learning_rate=0.1, num_leaves=7, min_child_samples=5,
+                           random_state=seed, verbose=-1, n_jobs=1)
+    on.fit(f.loc[base, wl], f.loc[base, "main_oncpu_ns"])
+    f["oncpu_expected"] = on.predict(f[wl])
     rows, shap_rows, per_anomaly_s = [], [], []
     sv_base = explainer.shap_values(X[base]).mean(axis=0) if base.any() else np.zeros(len(names))
     Xb = X[base]
@@ -205,6 +210,23 @@ def explain(trace, anomalies=None, baseline=None, *, labels=None, model=None, ma
                        model=gbm, explainer=explainer, feature_names=names)
 
 
+def _window_z(fa: pd.DataFrame, fb: pd.DataFrame, cols) -> dict:
+    """Per column: (anomaly mean - baseline mean) / std of means of baseline runs of as many batches."""
+    n = max(1, min(len(fa), len(fb) // 3))
+    out = {}
+    if len(fb) < 4:
+        return {c: 3.0 for c in cols}
+    rb = fb[cols].rolling(n, min_periods=n).mean().iloc[n - 1::max(1, n // 4)]
+    sd = rb.std(ddof=1).to_numpy()
+    # a floor at 5% of the baseline level, so that a feature flat in the baseline does not give z = inf
+    # for any tiny movement
+    base = fb[cols].mean().to_numpy()
+    floor = np.maximum(0.05 * np.abs(base), 1e-9)
+    d = fa[cols].mean().to_numpy() - base
+    zz = d / np.maximum(np.nan_to_num(sd, nan=0.0), floor)
+    return dict(zip(cols, zz))
+
+
 def _rel(a: float, b: float) -> float:
     return (a - b) / max(abs(b), 1e-9)
 
@@ -215,18 +237,29 @@ def _causes_for(i, a, n_b, delta: dict, fa: pd.DataFrame, fb: pd.DataFrame, lat_
     mean = lambda df, c: float(df[c].mean()) if c in df and len(df) else 0.0  # noqa: E731
     lat_a = float(fa["latency_ns"].median())
     slowdown = lat_a / max(lat_base, 1.0)
+    # measured movements against the baseline (per batch means), and how far each is beyond what
+    # baseline windows of the same number of batches show by chance (z of the window mean)
+    cols = [c for c in fa.columns
+            if c not in ("ts", "end", "tid", "anomaly_id", "baseline") and pd.api.types.is_numeric_dtype(fa[c])]
+    mv = {c: (mean(fa, c), mean(fb, c)) for c in cols}
+    z = _window_z(fa, fb, cols)
+
+    # SHAP delta per feature, kept in proportion to how clearly the feature moved (w = z / 2, capped at 1):
+    # a feature (workload included) that moved no more than it does by chance cannot be the cause,
+    # however much the model leans on it
     score = {c: 0.0 for c in CAUSES}
     for nm, d in delta.items():
-        score[FEATURE_GROUPS.get(nm, "unknown")] += d
+        w = float(np.clip(z.get(nm, 0.0) / 2.0, 0.0, 1.0))
+        score[FEATURE_GROUPS.get(nm, "unknown")] += d * w if d > 0 else 0.0
+    lat_mean = mv["latency_ns"][0]
+    lat_excess_mean = max(lat_mean - mv["latency_ns"][1], 0.0)
 
-    # measured movements against the baseline (per batch means)
-    mv = {c: (mean(fa, c), mean(fb, c)) for c in fa.columns if c in SYSTEM or c in
-          ("latency_ns", "main_oncpu_ns", "graph_compute_ns", "n_tokens")}
-    d_major = mv["major_faults"][0] - mv["major_faults"][1]
-    d_psi_mem = mv["psi_memory"][0] - mv["psi_memory"][1]
-    d_psi_io = mv["psi_io"][0] - mv["psi_io"][1]
-    mem_evidence = d_major > 0.05 or d_psi_mem > 0.02
-    io_evidence = d_psi_io > 0.02 and not mem_evidence
+    def strong(col, min_delta):
+        return mv[col][0] - mv[col][1] > min_delta and z.get(col, 0.0) > 3.0
+
+    mem_evidence = strong("major_faults_per_s", 1.0) or strong("psi_memory", 0.01)
+    io_evidence = strong("psi_io", 0.01) and not mem_evidence
+    throttle_evidence = strong("throttled_share", 0.01)
 
     # blocked time of the batch thread: a stop (stall) unless the kernel says why
     blocked = score["stall"]
@@ -237,20 +270,41 @@ def _causes_for(i, a, n_b, delta: dict, fa: pd.DataFrame, fb: pd.DataFrame, lat_
         score["io_contention"] += blocked
         score["stall"] = 0.0
 
-    # on-CPU slowdown the off-CPU features do not place: compute itself got slower
-    tok_a, tok_b = max(mv["n_tokens"][0], 1.0), max(mv["n_tokens"][1], 1.0)
-    oncpu_a, oncpu_b = mv["main_oncpu_ns"][0] / tok_a, mv["main_oncpu_ns"][1] / tok_b
-    oncpu_excess = (oncpu_a - oncpu_b) * tok_a
-    offcpu_excess = ((mv["preempted_other_ns"][0] - mv["preempted_other_ns"][1])
-                     + (mv["main_blocked_ns"][0] - mv["main_blocked_ns"][1]))
-    if oncpu_excess > 0 and oncpu_a > 1.3 * oncpu_b and oncpu_excess > 0.5 * max(offcpu_excess, 0):
-        # move the share of the CPU-side attribution that the on-CPU growth accounts for
-        frac = oncpu_excess / max(oncpu_excess + max(offcpu_excess, 0), 1.0)
-        moved = frac * max(score["cpu_contention"], 0)
+    # throttled: the quota took the CPU away; on a busy machine another task runs meanwhile, so the
+    # throttled time shows up as 'preempted by another process'. Move up to the throttled ns per batch.
+    if throttle_evidence:
+        thr = (mv["throttled_share"][0] - mv["throttled_share"][1]) * lat_mean
+        moved = min(max(score["cpu_contention"], 0.0), thr)
         score["cpu_contention"] -= moved
-        score["memory_bandwidth"] += moved + max(score["unknown"], 0) * frac
-        if score["memory_bandwidth"] <= 0:
-            score["memory_bandwidth"] = oncpu_excess * 0.5
+        score["cpu_throttle"] += max(moved, 0.5 * thr)
+
+    # on-CPU time the workload does not account for: the compute itself got slower (memory bandwidth,
+    # caches). Expected on-CPU time comes from a workload-only model fit on the baseline batches.
+    oncpu_a, oncpu_b = mv["main_oncpu_ns"][0], float(fa["oncpu_expected"].mean())
+    oncpu_excess = oncpu_a - oncpu_b
+    z_on = _window_z(fa.assign(r=fa["main_oncpu_ns"] - fa["oncpu_expected"]),
+                     fb.assign(r=fb["main_oncpu_ns"] - fb["oncpu_expected"]), ["r"]).get("r", 0.0)
+    compute_slower = oncpu_excess > 0 and oncpu_a > 1.15 * oncpu_b and z_on > 1.0 and not throttle_evidence
+    if compute_slower:
+        score["memory_bandwidth"] += oncpu_excess * float(np.clip(z_on / 2.0, 0.0, 1.0))
+
+    # who the competitors are: CPU taken by processes that are themselves I/O-bound (system I/O pressure
+    # rose with them) is I/O contention; by processes that also slowed the server's compute while it ran
+    # (cache / memory bandwidth) is memory-bandwidth interference; otherwise plain CPU contention.
+    if score["cpu_contention"] > 0 and not throttle_evidence:
+        if io_evidence:
+            score["io_contention"] += score["cpu_contention"]
+            score["cpu_contention"] = 0.0
+        elif compute_slower:
+            score["memory_bandwidth"] += score["cpu_contention"]
+            score["cpu_contention"] = 0.0
+
+    # a pressure signal far outside the baseline is evidence even when the model has too few
+    # batches to lean on it: a floor of 10% of the mean excess latency
+    for cause, flag in (("memory_pressure", mem_evidence), ("io_contention", io_evidence),
+                        ("cpu_throttle", throttle_evidence)):
+        if flag:
+            score[cause] = max(score[cause], 0.1 * lat_excess_mean)
 
     total_pos = sum(max(v, 0) for v in score.values())
     lat_excess = max(lat_a - lat_base, 0.0)
@@ -267,7 +321,7 @@ def _causes_for(i, a, n_b, delta: dict, fa: pd.DataFrame, fb: pd.DataFrame, lat_
         out.append(dict(anomaly_id=i, start=int(a["start"]), end=int(a["end"]), n_batches=n_b, rank=rank,
                         cause=c, share=round(share, 3), ms=v / MS, slowdown=round(slowdown, 2),
                         confidence=round(float(np.clip(conf, 0, 1)), 3),
-                        evidence=_evidence(c, mv, trace, pid, a, delta, oncpu_a, oncpu_b)))
+                        evidence=_evidence(c, mv, trace, pid, a, delta, oncpu_a, oncpu_b, fb)))
     if not out:
         out.append(dict(anomaly_id=i, start=int(a["start"]), end=int(a["end"]), n_batches=n_b, rank=1,
                         cause="unknown", share=1.0, ms=0.0, slowdown=round(slowdown, 2), confidence=0.0,
@@ -285,31 +339,55 @@ def _moved(mv, c, unit="ns") -> str:
     return f"{a:.2f} vs {b:.2f} baseline"
 
 
-def _evidence(cause, mv, trace, pid, a, delta, oncpu_a, oncpu_b) -> str:
+def _preemptor_excess(trace, pid, a, fb) -> pd.DataFrame:
+    """Other processes that held the server's CPUs in the anomaly, ranked by their CPU-holding rate
+    there minus their rate over the baseline batches (a new competitor ranks above a steady neighbour)."""
+    t0, t1 = int(a["start"]), int(a["end"])
+    pa = preemptors(trace, t0, t1, pid)
+    if pa.empty:
+        return pa
+    pa["rate"] = pa["ns"] / max(t1 - t0, 1)
+    if len(fb):
+        b0, b1 = int(fb["ts"].min()), int(fb["end"].max())
+        pb = preemptors(trace, b0, b1, pid)
+        # baseline time spent inside anomaly windows is not baseline: scale by the baseline batches' span share
+        span = max(float((fb["end"] - fb["ts"]).sum()), 1.0)
+        inside = pb.set_index(["by_comm", "by_pid"])["ns"] / max(b1 - b0, 1) if not pb.empty else None
+        pa["base_rate"] = [float(inside.get((c, p), 0.0)) if inside is not None else 0.0
+                           for c, p in zip(pa["by_comm"], pa["by_pid"])]
+        _ = span
+    else:
+        pa["base_rate"] = 0.0
+    pa["excess"] = pa["rate"] - pa["base_rate"]
+    return pa.sort_values("excess", ascending=False).reset_index(drop=True)
+
+
+def _evidence(cause, mv, trace, pid, a, delta, oncpu_a, oncpu_b, fb) -> str:
     top = sorted(((d, n) for n, d in delta.items() if FEATURE_GROUPS.get(n) == cause), reverse=True)[:2]
     shap_txt = ", ".join(f"{n} {_fmt_ns(d)}" for d, n in top if d > 0)
     shap_txt = f" (SHAP: {shap_txt})" if shap_txt else ""
     if cause == "cpu_contention":
-        pr = preemptors(trace, int(a["start"]), int(a["end"]), pid)
-        who = "; ".join(f"{r.by_comm} (pid {r.by_pid}) held the CPU {_fmt_ns(r.ns)} over {r.n} preemptions"
+        pr = _preemptor_excess(trace, pid, a, fb)
+        who = "; ".join(f"{r.by_comm} (pid {r.by_pid}) held the CPU {_fmt_ns(r.ns)} over {r.n} preemptions "
+                        f"({100 * r.rate:.0f}% of the window vs {100 * r.base_rate:.0f}% in the baseline)"
                         for r in pr.head(3).itertuples()) or "no single other process"
         return (f"server threads preempted by other processes {_moved(mv, 'preempted_other_ns')}, run-queue wait "
                 f"{_moved(mv, 'runq_wait_ns')}; top preemptors: {who}{shap_txt}")
     if cause == "cpu_throttle":
-        return (f"cgroup throttled {_moved(mv, 'throttled_ns')}; preempted with the CPU left idle "
+        return (f"cgroup throttled {_moved(mv, 'throttled_share', '%')} of the time; preempted with the CPU left idle "
                 f"{_moved(mv, 'preempted_idle_ns')}{shap_txt}")
     if cause == "stall":
         return (f"the batch thread was stopped/blocked {_moved(mv, 'main_blocked_ns')} with no other process "
                 f"running instead (preempted by others {_moved(mv, 'preempted_other_ns')}); no major faults or "
                 f"I/O pressure{shap_txt}")
     if cause == "memory_pressure":
-        return (f"major page faults {_moved(mv, 'major_faults', 'x')} per batch, PSI memory "
+        return (f"major page faults {_moved(mv, 'major_faults_per_s', 'x')} per second, PSI memory "
                 f"{_moved(mv, 'psi_memory', '%')}, batch thread blocked {_moved(mv, 'main_blocked_ns')}{shap_txt}")
     if cause == "io_contention":
-        return (f"PSI io {_moved(mv, 'psi_io', '%')}, I/O syscall time {_moved(mv, 'io_syscall_ns')}, "
+        return (f"PSI io {_moved(mv, 'psi_io', '%')}, I/O syscall time {_moved(mv, 'io_syscall_share', '%')} of the time, "
                 f"batch thread blocked {_moved(mv, 'main_blocked_ns')}{shap_txt}")
     if cause == "memory_bandwidth":
-        return (f"on-CPU time per token {_fmt_ns(oncpu_a)} vs {_fmt_ns(oncpu_b)} baseline "
+        return (f"batch thread on CPU {_fmt_ns(oncpu_a)} per batch vs {_fmt_ns(oncpu_b)} expected for the same work "
                 f"({100 * _rel(oncpu_a, oncpu_b):+.0f}%) while off-CPU time does not account for it: the compute "
                 f"itself ran slower (memory bandwidth / cache interference){shap_txt}")
     if cause == "workload":

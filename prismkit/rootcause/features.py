@@ -39,17 +39,14 @@ FEATURE_GROUPS = {
     "psi_cpu": "cpu_contention",
     "preempted_self_ns": "cpu_contention",
     "preempted_idle_ns": "cpu_throttle",
-    "throttled_ns": "cpu_throttle",
+    "throttled_share": "cpu_throttle",
     "main_blocked_ns": "stall",
-    "engine_blocked_ns": "stall",
-    "major_faults": "memory_pressure",
-    "minor_faults": "memory_pressure",
+    "major_faults_per_s": "memory_pressure",
+    "minor_faults_per_s": "memory_pressure",
     "psi_memory": "memory_pressure",
     "psi_io": "io_contention",
-    "io_syscall_ns": "io_contention",
-    "syscall_ns": "unknown",
-    "n_threads": "unknown",
-    "n_cpus": "unknown",
+    "io_syscall_share": "io_contention",
+    "syscall_share": "unknown",
 }
 SYSTEM = [f for f in FEATURE_GROUPS if FEATURE_GROUPS[f] != "workload"]
 
@@ -228,6 +225,13 @@ def batch_features(trace, per_batch: pd.DataFrame | None = None) -> pd.DataFrame
     ts, v = _summed_series(sys_ns[~sys_ns["name"].isin(io_names | {"syscalls.futex.ns", "syscalls.poll.ns",
                                                                         "syscalls.epoll_wait.ns"})])
     out["syscall_ns"] = _cumulative_delta(ts, v, w0, w1)
+    # counters measured as rates over the window (so they do not grow with the window's length)
+    win = np.maximum(out["latency_ns"].to_numpy(), 1.0)
+    out["major_faults_per_s"] = out["major_faults"] * 1e9 / win
+    out["minor_faults_per_s"] = out["minor_faults"] * 1e9 / win
+    out["throttled_share"] = out["throttled_ns"] / win
+    out["io_syscall_share"] = out["io_syscall_ns"] / win
+    out["syscall_share"] = out["syscall_ns"] / win
     return out
 
 
