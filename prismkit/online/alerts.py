@@ -180,12 +180,14 @@ class AlertManager:
 
     def __init__(self, sinks: list[Sink], pid: int, slo_ttft_ms: float | None = None,
                  slo_tpot_ms: float | None = None, update_every_s: float = 1.0,
-                 causes: Callable[[dict], list[dict]] | None = None, metrics=None) -> None:
+                 causes: Callable[[dict], list[dict]] | None = None, metrics=None,
+                 resolve_after_s: float = 2.0) -> None:
         self.sinks = sinks
         self.pid = pid
         self.slo_ttft_ms = slo_ttft_ms
         self.slo_tpot_ms = slo_tpot_ms
         self.update_every_s = update_every_s
+        self.resolve_after_s = resolve_after_s
         self.causes_fn = causes
         self.metrics = metrics
         self.episodes: list[dict] = []        # every episode's latest document (bounded below)
@@ -193,7 +195,7 @@ class AlertManager:
         self._open: dict | None = None
         self._last_update = 0.0
         self._seq = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._enrich_q: queue.SimpleQueue = queue.SimpleQueue()
         self._enricher = threading.Thread(target=self._enrich_loop, name="prism-causes", daemon=True)
         self._enricher.start()
@@ -204,58 +206,92 @@ class AlertManager:
         return self._open
 
     # -- detector thread -------------------------------------------------------------
-    def on_verdict(self, v, batch: dict, an_ring: deque) -> None:
-        """`v`: the detector's Verdict for `batch`; `an_ring`: recent batches (for affected slots)."""
-        if v.alarm is not None:
-            self._opened(v.alarm, batch, an_ring)
-        elif self._open is not None and v.flagged:
+    def on_verdict(self, v, batch: dict, ring: deque) -> None:
+        """`v`: the detector's Verdict for `batch`; `ring`: recent batches (for the affected slots).
+
+        The detector's anomalies that follow one another within `resolve_after_s`
+        are one episode (one alert): its close only arms the resolve timer.
+        """
+        with self._lock:
             st = self._open
-            st["seq_mask"] |= int(batch.get("seq_mask") or 0)
-            now = time.monotonic()
-            if now - self._last_update >= self.update_every_s:
-                self._emit("updated", v_an(v, self), batch["ts_end"])
-        if v.closed is not None and self._open is not None:
-            self._emit("resolved", v.closed, batch["ts_end"])
-            self._open = None
+            if v.alarm is not None:
+                if st is not None and st["closing_at"] is not None:
+                    st["an"], st["closing_at"] = v.alarm, None       # same episode, continues
+                    self._add_mask(st, v.alarm, ring)
+                    self._emit_locked("updated", batch["ts_end"])
+                else:
+                    self._opened(v.alarm, batch, ring)
+            elif st is not None and v.flagged:
+                st["seq_mask"] |= int(batch.get("seq_mask") or 0)
+                if time.monotonic() - self._last_update >= self.update_every_s:
+                    self._emit_locked("updated", batch["ts_end"])
+            if v.closed is not None and self._open is not None and self._open["an"] is v.closed:
+                self._open["closed"].append(v.closed)
+                self._open["closing_at"] = time.monotonic()
+        self.tick()
+
+    def tick(self) -> None:
+        """Resolve an episode whose last anomaly closed `resolve_after_s` ago (any thread)."""
+        with self._lock:
+            st = self._open
+            if st is not None and st["closing_at"] is not None and \
+                    time.monotonic() - st["closing_at"] >= self.resolve_after_s:
+                self._emit_locked("resolved", time.monotonic_ns())
+                self._open = None
+
+    def close_now(self) -> None:
+        with self._lock:
+            if self._open is not None:
+                self._emit_locked("resolved", time.monotonic_ns())
+                self._open = None
+
+    @staticmethod
+    def _add_mask(st: dict, an, ring: deque) -> None:
+        for b in ring:
+            if b["ts_start"] >= an.start_ts:
+                st["seq_mask"] |= int(b.get("seq_mask") or 0)
 
     def _opened(self, an, batch: dict, ring: deque) -> None:
-        if self._open is not None:  # the detector never opens two at once; be safe
-            self._emit("resolved", self._open["an"], batch["ts_end"])
-        mask = 0
-        for b in ring:
-            if b["ts_start"] >= an.start_ts:
-                mask |= int(b.get("seq_mask") or 0)
         self._seq += 1
-        self._open = {"an": an, "id": f"prism-{self.pid}-{self._seq}", "n": 0, "seq_mask": mask,
-                      "first_batch_id": None, "alarm_batch_id": batch.get("batch_id"), "causes": None,
-                      "opened_ns": batch["ts_end"]}
+        st = {"an": an, "closed": [], "closing_at": None, "id": f"prism-{self.pid}-{self._seq}", "n": 0,
+              "seq_mask": 0, "first_batch_id": None, "alarm_batch_id": batch.get("batch_id"), "causes": None,
+              "start_ns": an.start_ts}
+        self._add_mask(st, an, ring)
         for b in ring:
             if b["ts_start"] >= an.start_ts:
-                self._open["first_batch_id"] = b.get("batch_id")
+                st["first_batch_id"] = b.get("batch_id")
                 break
-        self._emit("opened", an, batch["ts_end"])
+        self._open = st
+        self._emit_locked("opened", batch["ts_end"])
         if self.causes_fn is not None:
-            self._enrich_q.put((self._open["id"], an.start_ts, an.alarm_ts))
+            self._enrich_q.put((st["id"], an.start_ts, an.alarm_ts))
 
-    def _doc(self, event: str, an, st: dict) -> dict:
-        n_flagged = max(an.n_flagged, 1)
-        start, end = an.start_ts, max(an.end_ts, an.alarm_ts)
+    def _doc(self, event: str, st: dict) -> dict:
+        parts = list(st["closed"]) + ([] if st["an"] in st["closed"] else [st["an"]])
+        sum_obs = sum(a.sum_obs for a in parts)
+        sum_exp = sum(a.sum_exp for a in parts)
+        n_flagged = sum(a.n_flagged for a in parts)
+        start = st["start_ns"]
+        end = max(max(a.end_ts, a.alarm_ts) for a in parts)
+        n = max(n_flagged, 1)
+        an = st["an"]
         reqs = self._requests(start, end, st["seq_mask"])
-        doc = {
+        return {
             "alert_id": st["id"], "event": event, "status": "resolved" if event == "resolved" else "firing",
-            "seq": st["n"], "target_pid": self.pid, "trigger": an.trigger,
-            "start_ns": start, "end_ns": end, "alarm_ns": an.alarm_ts, "duration_ms": (end - start) / 1e6,
-            "observed_ms": an.sum_obs / n_flagged / 1e6, "expected_ms": an.sum_exp / n_flagged / 1e6,
-            "slowdown": an.slowdown, "max_ratio": an.max_ratio, "confidence": an.confidence,
-            "excess_ms": (an.sum_obs - an.sum_exp) / 1e6,
-            "batches": {"flagged": an.n_flagged, "first_batch_id": st["first_batch_id"],
-                        "alarm_batch_id": st["alarm_batch_id"], "first_idx": an.start_idx, "last_idx": an.end_idx},
+            "seq": st["n"], "target_pid": self.pid, "trigger": parts[0].trigger,
+            "start_ns": start, "end_ns": end, "alarm_ns": parts[0].alarm_ts, "duration_ms": (end - start) / 1e6,
+            "observed_ms": sum_obs / n / 1e6, "expected_ms": sum_exp / n / 1e6,
+            "slowdown": sum_obs / sum_exp if sum_exp > 0 else float("nan"),
+            "max_ratio": max(a.max_ratio for a in parts), "confidence": max(a.confidence for a in parts),
+            "excess_ms": (sum_obs - sum_exp) / 1e6, "detector_anomalies": len(parts),
+            "batches": {"flagged": n_flagged, "first_batch_id": st["first_batch_id"],
+                        "alarm_batch_id": st["alarm_batch_id"], "first_idx": parts[0].start_idx,
+                        "last_idx": an.end_idx},
             "requests": reqs,
-            "slo": self._slo(reqs, an),
+            "slo": self._slo(reqs, (sum_obs - sum_exp) / 1e6),
             "causes": st.get("causes") or [],
             "wall_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        return doc
 
     def _requests(self, start: int, end: int, seq_mask: int) -> dict:
         done = [r for r in list(self.recent_requests)
@@ -265,10 +301,10 @@ class AlertManager:
                 "slots": [i for i in range(64) if seq_mask >> i & 1],
                 "req_ids": [r.get("req_id") for r in done[:50]]}
 
-    def _slo(self, reqs: dict, an) -> dict:
+    def _slo(self, reqs: dict, excess_ms: float) -> dict:
         out = {"slo_ttft_ms": self.slo_ttft_ms, "slo_tpot_ms": self.slo_tpot_ms,
                # a sequence in every flagged batch waits this much longer than expected
-               "added_latency_ms_max": (an.sum_obs - an.sum_exp) / 1e6}
+               "added_latency_ms_max": excess_ms}
         ids = set(reqs["req_ids"])
         rs = [r for r in list(self.recent_requests) if r.get("req_id") in ids]
         if self.slo_ttft_ms is not None:
@@ -277,32 +313,31 @@ class AlertManager:
             out["tpot_violations"] = sum(1 for r in rs if (r.get("tpot_ns") or 0) / 1e6 > self.slo_tpot_ms)
         return out
 
-    def _emit(self, event: str, an, ref_ns: int) -> None:
-        with self._lock:
-            st = self._open
-            if st is None:
-                return
-            doc = self._doc(event, an, st)
-            st["n"] += 1
-            self._last_update = time.monotonic()
-            alert = Alert(st["id"], event, doc["seq"], doc, ref_ns)
-            for s in self.sinks:
-                try:
-                    s.emit(alert)
-                except Exception as exc:  # a sink's failure must not stop detection
-                    s.errors += 1
-                    print(f"[watch] alert sink {s.name} failed: {exc}", file=sys.stderr)
-            if self.metrics is not None:
-                self.metrics.on_alert(alert)
-            self.events.append(alert)
-            if event == "opened":
-                self.episodes.append(doc)
-                del self.episodes[:-1000]
-            else:
-                for i in range(len(self.episodes) - 1, -1, -1):
-                    if self.episodes[i]["alert_id"] == st["id"]:
-                        self.episodes[i] = doc
-                        break
+    def _emit_locked(self, event: str, ref_ns: int) -> None:
+        st = self._open
+        if st is None:
+            return
+        doc = self._doc(event, st)
+        st["n"] += 1
+        self._last_update = time.monotonic()
+        alert = Alert(st["id"], event, doc["seq"], doc, ref_ns)
+        for s in self.sinks:
+            try:
+                s.emit(alert)
+            except Exception as exc:  # a sink's failure must not stop detection
+                s.errors += 1
+                print(f"[watch] alert sink {s.name} failed: {exc}", file=sys.stderr)
+        if self.metrics is not None:
+            self.metrics.on_alert(alert)
+        self.events.append(alert)
+        if event == "opened":
+            self.episodes.append(doc)
+            del self.episodes[:-1000]
+        else:
+            for i in range(len(self.episodes) - 1, -1, -1):
+                if self.episodes[i]["alert_id"] == st["id"]:
+                    self.episodes[i] = doc
+                    break
 
     # -- enrichment thread --------------------------------------------------------------
     def _enrich_loop(self) -> None:
@@ -315,11 +350,13 @@ class AlertManager:
                 causes = self.causes_fn({"pid": self.pid, "start_ns": start, "end_ns": end})
             except Exception as exc:
                 causes = [{"cause": "unknown", "evidence": f"cause analysis failed: {exc}", "score": 0.0}]
-            st = self._open
-            if st is not None and st["id"] == alert_id:
-                st["causes"] = causes
-                self._emit("updated", st["an"], time.monotonic_ns())
-            else:  # resolved meanwhile: attach to the stored episode
+            with self._lock:
+                st = self._open
+                if st is not None and st["id"] == alert_id:
+                    st["causes"] = causes
+                    self._emit_locked("updated", time.monotonic_ns())
+                    continue
+            if True:  # resolved meanwhile: attach to the stored episode
                 for d in self.episodes:
                     if d["alert_id"] == alert_id:
                         d["causes"] = causes
@@ -330,6 +367,3 @@ class AlertManager:
         for s in self.sinks:
             s.close()
 
-
-def v_an(v, mgr: AlertManager):
-    return mgr._open["an"]

@@ -55,6 +55,7 @@ class WatchConfig:
     poll_ms: int = 50
     sample_ms: int = 200
     causes: bool = True
+    resolve_after_s: float = 2.0                    # anomalies closer than this are one alert episode
     verbose: bool = True
 
 
@@ -169,7 +170,7 @@ class Watcher:
 
             causes = make_cause_fn(str(config.output))
         self.alerts = AlertManager(sinks, config.pid, config.slo_ttft_ms, config.slo_tpot_ms,
-                                   causes=causes, metrics=self.metrics)
+                                   causes=causes, metrics=self.metrics, resolve_after_s=config.resolve_after_s)
         self._det_thread = threading.Thread(target=self._detector_loop, name="prism-detector", daemon=True)
 
     # -- messages --------------------------------------------------------------------
@@ -205,6 +206,10 @@ class Watcher:
 
         from prismkit.detect.model import WorkloadModel
 
+        try:  # the fit must not take the CPU from the server or the detector: lowest priority for this thread
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:
+            pass
         try:
             df = pd.DataFrame(batches[-self.cfg.max_fit_batches:])
             t0 = time.monotonic()
@@ -264,6 +269,8 @@ class Watcher:
             exp = v.expected
             if v.alarm is not None or v.flagged or v.closed is not None:
                 self.alerts.on_verdict(v, b, self.ring)
+            elif self.alerts.active is not None:
+                self.alerts.tick()
         elif self.state == "warming_up":
             self._warm.append(b)
             if (now - self.first_batch_mono >= self.cfg.warmup_s and len(self._warm) >= self.cfg.min_warmup_batches):
@@ -347,6 +354,7 @@ class Watcher:
         """Main-thread housekeeping; False once the session is over."""
         if self._stop.is_set():
             return False
+        self.alerts.tick()
         if self.recorder is not None and not self.recorder_alive():
             summary = self._finish_recorder("target_exit")
             reason = summary.stop_reason if summary else "error"
@@ -385,11 +393,7 @@ class Watcher:
         self.recorder = None
         self._q.put(None)
         self._det_thread.join(10)
-        if self.detector is not None:
-            v = self.detector.finish()
-            if v.closed is not None and self.alerts.active is not None:
-                self.alerts._emit("resolved", v.closed, time.monotonic_ns())
-                self.alerts._open = None
+        self.alerts.close_now()   # an episode still open at the end is resolved with the session
         self.alerts.close()
         self.state = "stopped"
         self.metrics.close()
