@@ -276,10 +276,18 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     from .detect.cli import add_arguments
 
-    add_arguments(sub.add_parser("eval", help="score the anomaly detector (and workload model) on labelled traces"))
+    add_arguments(p := sub.add_parser("eval", help="score the anomaly detector (and workload model) on labelled traces"))
+    from .rootcause.cli import add_eval_rca_arguments
+
+    eval_sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    add_eval_rca_arguments(eval_sub.add_parser("rca", help="top-1/top-3 accuracy of the root-cause ranking per scenario"))
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.what == "rca":
+        from .rootcause.cli import cmd_eval_rca
+
+        return cmd_eval_rca(args)
     from .detect.cli import cmd
 
     return cmd(args)
