@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -46,9 +45,7 @@ def build_standins() -> Path:
         proc = subprocess.run(["make", "-s", "-C", str(HERE), f"OUT={out}"], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"building the stand-ins failed:\n{proc.stdout}\n{proc.stderr}")
-        for old in out.parent.iterdir():  # builds of older sources
-            if old.is_dir() and old != out and len(old.name) == 16:
-                shutil.rmtree(old, ignore_errors=True)
+        # Builds of other sources stay: another checkout's test run may be using them.
     missing = [p for p in PRODUCTS if not (out / p).exists()]
     if missing:
         raise RuntimeError(f"stand-in build left out {missing}")
