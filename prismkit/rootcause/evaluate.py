@@ -28,6 +28,8 @@ def evaluate_rca(traces, labels=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     from ..inject.labels import read_labels
     from ..trace import load_trace
     from .explain import explain
+    import lightgbm  # noqa: F401 - imported before timing: the first import costs seconds
+    import shap  # noqa: F401
 
     rows = []
     for i, tp in enumerate(traces):

@@ -286,16 +286,23 @@ def _causes_for(i, a, n_b, delta: dict, fa: pd.DataFrame, fb: pd.DataFrame, lat_
                      fb.assign(r=fb["main_oncpu_ns"] - fb["oncpu_expected"]), ["r"]).get("r", 0.0)
     compute_slower = oncpu_excess > 0 and oncpu_a > 1.15 * oncpu_b and z_on > 1.0 and not throttle_evidence
     if compute_slower:
-        score["memory_bandwidth"] += oncpu_excess * float(np.clip(z_on / 2.0, 0.0, 1.0))
+        # with page faults soaring, the extra on-CPU time is the kernel mapping pages back in
+        # (memory pressure); otherwise the compute itself ran slower (memory bandwidth / caches)
+        score["memory_pressure" if mem_evidence else "memory_bandwidth"] += \
+            oncpu_excess * float(np.clip(z_on / 2.0, 0.0, 1.0))
 
-    # who the competitors are: CPU taken by processes that are themselves I/O-bound (system I/O pressure
-    # rose with them) is I/O contention; by processes that also slowed the server's compute while it ran
+    # who the competitors are: CPU taken while the system is under memory pressure (PSI memory, major
+    # faults far above baseline) is memory pressure; by processes that are themselves I/O-bound (system
+    # I/O pressure rose with them) is I/O contention; by processes that also slowed the server's compute while it ran
     # (cache / memory bandwidth) is memory-bandwidth interference; otherwise plain CPU contention.
     if score["cpu_contention"] > 0 and not throttle_evidence:
-        if io_evidence:
+        if mem_evidence:   # reclaim / refault work and the evicting process: memory pressure
+            score["memory_pressure"] += score["cpu_contention"]
+            score["cpu_contention"] = 0.0
+        elif io_evidence:
             score["io_contention"] += score["cpu_contention"]
             score["cpu_contention"] = 0.0
-        elif compute_slower:
+        elif compute_slower and not mem_evidence:
             score["memory_bandwidth"] += score["cpu_contention"]
             score["cpu_contention"] = 0.0
 
@@ -381,7 +388,8 @@ def _evidence(cause, mv, trace, pid, a, delta, oncpu_a, oncpu_b, fb) -> str:
                 f"running instead (preempted by others {_moved(mv, 'preempted_other_ns')}); no major faults or "
                 f"I/O pressure{shap_txt}")
     if cause == "memory_pressure":
-        return (f"major page faults {_moved(mv, 'major_faults_per_s', 'x')} per second, PSI memory "
+        return (f"major page faults {_moved(mv, 'major_faults_per_s', 'x')} per second, minor "
+                f"{_moved(mv, 'minor_faults_per_s', 'x')} per second, PSI memory "
                 f"{_moved(mv, 'psi_memory', '%')}, batch thread blocked {_moved(mv, 'main_blocked_ns')}{shap_txt}")
     if cause == "io_contention":
         return (f"PSI io {_moved(mv, 'psi_io', '%')}, I/O syscall time {_moved(mv, 'io_syscall_share', '%')} of the time, "
