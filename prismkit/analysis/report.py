@@ -75,7 +75,8 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def write_report(trace, path: str | Path, slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None) -> Path:
+def write_report(trace, path: str | Path, slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None,
+                 anomalies=None, labels=None) -> Path:
     """A self-contained HTML report (tables and plots inline)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +96,9 @@ def write_report(trace, path: str | Path, slo_ttft_ms: float | None = None, slo_
     parts.append("<h2>Latency against workload</h2>" + _fig_to_img(plots.latency_vs_workload(per_batch)))
     if not trace.requests.empty:
         parts.append("<h2>Request waterfall</h2>" + _fig_to_img(plots.request_waterfall(rb.per_request())))
+    from ..rootcause.report import root_cause_html  # anomalies: given, from labels, else prismkit.detect
+
+    parts.append(root_cause_html(trace, anomalies, labels))
     style = ("<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"
              "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style>")
     path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>prismkit report</title>{style}"
