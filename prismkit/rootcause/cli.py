@@ -20,6 +20,9 @@ def add_eval_rca_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", type=Path, nargs="*", default=None,
                    help="labels JSONL, one per trace (default: each trace's stem + .labels.jsonl)")
     p.add_argument("--per-anomaly", action="store_true", help="also print every anomaly's ranking")
+    p.add_argument("--min-slowdown", type=float, default=1.2,
+                   help="score only fault windows whose median batch latency rose at least this much over the "
+                        "baseline (default 1.2; 0 scores every window)")
 
 
 def _load_anomalies(trace, labels: Path | None):
@@ -81,11 +84,12 @@ def cmd_eval_rca(args: argparse.Namespace) -> int:
     for t in args.traces:
         if not t.exists():
             raise PrismError(f"no such trace: {t}")
-    per, summ = evaluate_rca(args.traces, labels)
+    per, summ = evaluate_rca(args.traces, labels, min_slowdown=args.min_slowdown)
     if per.empty:
         print("no fault labels in these recordings")
         return 1
     if args.per_anomaly:
-        print(per[["trace", "anomaly_id", "scenario", "n_batches", "top1", "ranked", "confidence"]].to_string(index=False))
+        print(per[["trace", "anomaly_id", "scenario", "n_batches", "slowdown", "scored", "top1", "ranked",
+                   "confidence"]].to_string(index=False))
     print(summ.to_string(float_format=lambda v: f"{v:.3f}"))
     return 0

@@ -23,8 +23,13 @@ def labels_path(trace: Path, given: Path | None = None) -> Path:
     return trace.with_suffix(".labels.jsonl")
 
 
-def evaluate_rca(traces, labels=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-anomaly rows, per-scenario summary with top1/top3 and an 'overall' row)."""
+def evaluate_rca(traces, labels=None, min_slowdown: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-anomaly rows, per-scenario summary with top1/top3 and an 'overall' row).
+
+    min_slowdown: score only fault windows whose batches actually slowed (median batch latency in
+    the window / median outside the windows at least this); the others are listed with
+    scored=False. On a machine shared with other load, an injected fault can leave no anomaly
+    (the neighbours slow the baseline as much), and there is then nothing to explain."""
     from ..inject.labels import read_labels
     from ..trace import load_trace
     from .explain import explain
@@ -46,7 +51,10 @@ def evaluate_rca(traces, labels=None) -> tuple[pd.DataFrame, pd.DataFrame]:
             c = res.causes[res.causes["anomaly_id"] == aid].sort_values("rank")
             ranked = list(c["cause"])
             top = c.iloc[0] if len(c) else None
-            rows.append(dict(trace=str(tp), anomaly_id=aid, scenario=a["scenario"], n_batches=int(top["n_batches"])
+            slow = float(top["slowdown"]) if top is not None and "slowdown" in top else 0.0
+            rows.append(dict(trace=str(tp), anomaly_id=aid, scenario=a["scenario"], slowdown=slow,
+                             scored=bool(slow >= min_slowdown and top is not None and top["n_batches"] > 0),
+                             n_batches=int(top["n_batches"])
                              if top is not None else 0, top1=ranked[0] if ranked else "unknown",
                              ranked=",".join(ranked), hit1=bool(ranked[:1] == [a["scenario"]]),
                              hit3=a["scenario"] in ranked[:3], confidence=float(top["confidence"]) if top is not None
@@ -54,7 +62,10 @@ def evaluate_rca(traces, labels=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     per = pd.DataFrame(rows)
     if per.empty:
         return per, pd.DataFrame(columns=["n", "top1", "top3", "s_per_anomaly"])
-    summ = per.groupby("scenario").agg(n=("hit1", "size"), top1=("hit1", "mean"), top3=("hit3", "mean"),
-                                       s_per_anomaly=("s_per_anomaly", "mean"))
-    summ.loc["overall"] = [len(per), per["hit1"].mean(), per["hit3"].mean(), per["s_per_anomaly"].mean()]
+    sc = per[per["scored"]]
+    summ = sc.groupby("scenario").agg(n=("hit1", "size"), top1=("hit1", "mean"), top3=("hit3", "mean"),
+                                      s_per_anomaly=("s_per_anomaly", "mean"))
+    summ["skipped"] = per[~per["scored"]].groupby("scenario").size().reindex(summ.index).fillna(0).astype(int)
+    summ.loc["overall"] = [len(sc), sc["hit1"].mean(), sc["hit3"].mean(), sc["s_per_anomaly"].mean(),
+                           int((~per["scored"]).sum())]
     return per, summ

@@ -177,6 +177,8 @@ def explain(trace, anomalies=None, baseline=None, *, labels=None, model=None, ma
                            random_state=seed, verbose=-1, n_jobs=1)
     on.fit(f.loc[base, wl], f.loc[base, "main_oncpu_ns"])
     f["oncpu_expected"] = on.predict(f[wl])
+    on.fit(f.loc[base, wl], f.loc[base, "latency_ns"])
+    f["latency_expected"] = on.predict(f[wl])
     rows, shap_rows, per_anomaly_s = [], [], []
     sv_base = explainer.shap_values(X[base]).mean(axis=0) if base.any() else np.zeros(len(names))
     Xb = X[base]
@@ -273,10 +275,16 @@ def _causes_for(i, a, n_b, delta: dict, fa: pd.DataFrame, fb: pd.DataFrame, lat_
     # throttled: the quota took the CPU away; on a busy machine another task runs meanwhile, so the
     # throttled time shows up as 'preempted by another process'. Move up to the throttled ns per batch.
     if throttle_evidence:
-        thr = (mv["throttled_share"][0] - mv["throttled_share"][1]) * lat_mean
+        thr = (mv["throttled_share"][0] - mv["throttled_share"][1]) * lat_mean   # measured ns per batch
         moved = min(max(score["cpu_contention"], 0.0), thr)
         score["cpu_contention"] -= moved
-        score["cpu_throttle"] += max(moved, 0.5 * thr)
+        score["cpu_throttle"] += max(moved, thr)
+
+    # the workload gets no more credit than its change costs on normal batches: the baseline-only
+    # workload model's expected latency, anomaly minus baseline (a fault that backs requests up
+    # makes bigger batches, and their extra time under the fault is the fault's)
+    wl_cost = max(float(fa["latency_expected"].mean() - fb["latency_expected"].mean()), 0.0)
+    score["workload"] = min(score["workload"], wl_cost)
 
     # on-CPU time the workload does not account for: the compute itself got slower (memory bandwidth,
     # caches). Expected on-CPU time comes from a workload-only model fit on the baseline batches.

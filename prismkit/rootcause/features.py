@@ -41,6 +41,7 @@ FEATURE_GROUPS = {
     "preempted_idle_ns": "cpu_throttle",
     "throttled_share": "cpu_throttle",
     "main_blocked_ns": "stall",
+    "wake_wait_ns": "stall",
     "major_faults_per_s": "memory_pressure",
     "minor_faults_per_s": "memory_pressure",
     "psi_memory": "memory_pressure",
@@ -178,7 +179,10 @@ def batch_features(trace, per_batch: pd.DataFrame | None = None) -> pd.DataFrame
         out["main_blocked_ns"] = interval_overlap(ss[blk & main], se[blk & main], w0, w1)
         out["n_preempt_other"] = count_in(ss[other], w0, w1)
         rq = s["runq_wait_ns"].to_numpy(dtype=np.float64, na_value=0.0)
-        out["runq_wait_ns"] = count_in(se, w0, w1, rq)
+        # run-queue wait after a preemption is contention; after the batch thread was blocked (or
+        # stopped) it is the wakeup delay of that block
+        out["runq_wait_ns"] = count_in(se[pre], w0, w1, rq[pre])
+        out["wake_wait_ns"] = count_in(se[blk & main], w0, w1, rq[blk & main])
         cpu = s["cpu"].to_numpy(dtype=np.float64, na_value=-1)
         out["n_cpus"] = 0.0
         for c in np.unique(cpu[cpu >= 0]):   # a handful of CPUs: one vectorised pass each
@@ -186,7 +190,7 @@ def batch_features(trace, per_batch: pd.DataFrame | None = None) -> pd.DataFrame
             out["n_cpus"] += (count_in(ss[m], w0, w1) > 0).astype(float)
     else:
         for c in ("preempted_other_ns", "preempted_self_ns", "preempted_idle_ns", "blocked_ns", "main_blocked_ns",
-                  "n_preempt_other", "runq_wait_ns", "n_cpus"):
+                  "n_preempt_other", "runq_wait_ns", "wake_wait_ns", "n_cpus"):
             out[c] = 0.0
     out["main_oncpu_ns"] = np.maximum(out["latency_ns"] - out["offcpu_preempted_ns"] - out["offcpu_blocked_ns"], 0)
 
