@@ -262,6 +262,9 @@ class AlertManager:
                 st["first_batch_id"] = b.get("batch_id")
                 break
         self._open = st
+        st["path_ms"] = {"to_observer": (batch.get("t_obs", 0) - batch["ts_end"]) / 1e6,
+                         "to_detector": (batch.get("t_deq", 0) - batch.get("t_obs", 0)) / 1e6,
+                         "to_alert": (time.monotonic_ns() - batch.get("t_deq", 0)) / 1e6}
         self._emit_locked("opened", batch["ts_end"])
         if self.causes_fn is not None:
             self._enrich_q.put((st["id"], an.start_ts, an.alarm_ts))
@@ -290,6 +293,7 @@ class AlertManager:
             "requests": reqs,
             "slo": self._slo(reqs, (sum_obs - sum_exp) / 1e6),
             "causes": st.get("causes") or [],
+            "alert_path_ms": st.get("path_ms"),   # alarm batch's ts_end -> recorder callback -> detector -> alert
             "wall_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 

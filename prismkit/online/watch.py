@@ -50,12 +50,14 @@ class WatchConfig:
     save_model: str | os.PathLike | None = None   # default: <output>.model.json when learned
     detector: dict = field(default_factory=dict)    # DetectorConfig overrides (k, m, n, ...)
     n_estimators: int = 150
-    max_fit_batches: int = 4000                     # the most recent warm-up batches the baseline is fitted on
+    max_fit_batches: int = 4000                     # warm-up batches (evenly spaced) the baseline is fitted on
     nice: int | None = None                         # autogroup nice of the watcher itself (alert path under load)
     poll_ms: int = 50
     sample_ms: int = 200
     causes: bool = True
     resolve_after_s: float = 2.0                    # anomalies closer than this are one alert episode
+    inline: bool = True                             # detect in the recorder's batch callback (else: a queue + thread)
+    switch_interval_s: float | None = 0.001         # GIL switch interval: other threads give the recorder the GIL sooner
     verbose: bool = True
 
 
@@ -71,9 +73,23 @@ class _WatchPack(ProbePack):
         q = self.watcher._q
         put = q.put
 
-        def observe(batch: dict):
-            put(batch)
-            return None
+        mono = time.monotonic_ns
+        w = self.watcher
+
+        if w.cfg.inline:
+            def observe(batch: dict):
+                # detection in the recorder's callback: ~50 us per batch, no thread hand-off on the alert path
+                batch["t_obs"] = mono()
+                try:
+                    w._handle(batch)
+                except Exception as exc:  # never let detection break the recording
+                    w._say(f"detector error: {exc!r}")
+                return None
+        else:
+            def observe(batch: dict):
+                batch["t_obs"] = mono()
+                put(batch)
+                return None
 
         ctx.batch_observers.append(observe)
         self.watcher._bpf = bpf
@@ -85,7 +101,8 @@ class _WatchPack(ProbePack):
                 _orig(req)
                 try:
                     t = req.timings()
-                    put(("req", {"req_id": req.req_id, "ts_arrival": req.ts_arrival, "ts_end": req.ts_end, **t}))
+                    item = ("req", {"req_id": req.req_id, "ts_arrival": req.ts_arrival, "ts_end": req.ts_end, **t})
+                    w._handle(item) if w.cfg.inline else put(item)
                 except Exception:
                     pass
 
@@ -144,6 +161,7 @@ class Watcher:
         self.recent_req: deque = deque(maxlen=1024)
         self.ring: deque = deque(maxlen=256)            # recent batch dicts (affected slots)
         self._warm: list[dict] = []
+        self._prev_tokens: dict = {}
         self._fit_thread: threading.Thread | None = None
         self.detect_ns: deque = deque(maxlen=100_000)   # detector-thread time per batch
         self.stop_reason: str | None = None
@@ -211,7 +229,10 @@ class Watcher:
         except OSError:
             pass
         try:
-            df = pd.DataFrame(batches[-self.cfg.max_fit_batches:])
+            if len(batches) > self.cfg.max_fit_batches:   # evenly over the whole warm-up, not its tail
+                keep = np.linspace(0, len(batches) - 1, self.cfg.max_fit_batches).astype(int)
+                batches = [batches[i] for i in keep]
+            df = pd.DataFrame(batches)
             t0 = time.monotonic()
             model = WorkloadModel(n_estimators=self.cfg.n_estimators).fit(df)
             path = self.cfg.save_model or str(Path(self.cfg.output).with_suffix("")) + ".model.json"
@@ -236,15 +257,18 @@ class Watcher:
             item = get()
             if item is None:
                 return
-            t0 = time.monotonic_ns()
             try:
-                if isinstance(item, tuple):
-                    self._on_request(item[1])
-                    continue
-                self._on_batch(item)
+                self._handle(item)
             except Exception as exc:  # keep watching
                 self._say(f"detector error: {exc!r}")
-            self.detect_ns.append(time.monotonic_ns() - t0)
+
+    def _handle(self, item) -> None:
+        t0 = time.monotonic_ns()
+        if isinstance(item, tuple):
+            self._on_request(item[1])
+            return
+        self._on_batch(item)
+        self.detect_ns.append(time.monotonic_ns() - t0)
 
     def _on_request(self, r: dict) -> None:
         self.n_requests += 1
@@ -253,6 +277,7 @@ class Watcher:
         self.metrics.on_request(r)
 
     def _on_batch(self, b: dict) -> None:
+        b["t_deq"] = time.monotonic_ns()
         dur = b["ts_end"] - b["ts_start"]
         if dur <= 0:
             return
@@ -272,6 +297,9 @@ class Watcher:
             elif self.alerts.active is not None:
                 self.alerts.tick()
         elif self.state == "warming_up":
+            tid = b.get("tid", 0)   # the model's history feature, kept before the warm-up is thinned out
+            b["prev_n_tokens"] = self._prev_tokens.get(tid, float("nan"))
+            self._prev_tokens[tid] = float(b.get("n_tokens") or 0)
             self._warm.append(b)
             if (now - self.first_batch_mono >= self.cfg.warmup_s and len(self._warm) >= self.cfg.min_warmup_batches):
                 self.state = "fitting"
@@ -305,6 +333,8 @@ class Watcher:
         self.metrics.target_pid.set(pid)
 
     def start(self) -> "Watcher":
+        if self.cfg.switch_interval_s:
+            sys.setswitchinterval(self.cfg.switch_interval_s)
         if self.cfg.nice is not None:
             try:
                 Path("/proc/self/autogroup").write_text(str(int(self.cfg.nice)))
