@@ -14,8 +14,10 @@ CLOCK_MONOTONIC (the trace clock). ``start_ns`` is taken just before the first
 action that can touch the server, ``end_ns`` just after the last trace of the
 interference is gone (helpers reaped, cgroup removed, SIGCONT sent), so every
 batch outside [start_ns, end_ns] is unaffected; ``params`` holds the effective
-parameters plus what actually happened (``setup_ms``: how long after start_ns
-the interference was in full force; ``interrupted``; scenario-specific facts).
+parameters plus what actually happened (``effective_start_ns`` and
+``setup_ms``: when, and how long after start_ns, the interference was in full
+force -- helpers start in tens of ms to a few s on a busy host; ``interrupted``;
+scenario-specific facts).
 
 Cleanup guarantees: helpers are children of the injector that die with it
 (PR_SET_PDEATHSIG) and are stopped and reaped in `cleanup`; changes to the
@@ -187,11 +189,12 @@ class Guard:
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self._next = 0
+        self._pending: set[int] = set()
 
     def _send(self, msg: dict) -> None:
         if self._proc is None:
             env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-            self._proc = subprocess.Popen([sys.executable, "-m", "prismkit.inject.guard"], stdin=subprocess.PIPE,
+            self._proc = subprocess.Popen([sys.executable, "-m", "prismkit.inject.guard", str(os.getpid())], stdin=subprocess.PIPE,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                           start_new_session=True, env=env, text=True)
         assert self._proc.stdin is not None
@@ -202,21 +205,27 @@ class Guard:
         with self._lock:
             self._next += 1
             self._send({"id": self._next, **op})
+            self._pending.add(self._next)
             return self._next
 
     def forget(self, op_id: int | None) -> None:
         if op_id is None:
             return
         with self._lock:
+            self._pending.discard(op_id)
             try:
                 self._send({"forget": op_id})
             except (OSError, ValueError):
                 pass
 
     def close(self) -> None:
-        """Tell the guard all is clean and let it exit (reaped here)."""
+        """Tell the guard all is clean and let it exit (reaped here).
+
+        If some undo action is still pending (a cleanup step failed), the guard
+        is left running: it retries that action when this process exits.
+        """
         with self._lock:
-            if self._proc is None:
+            if self._proc is None or self._pending:
                 return
             try:
                 assert self._proc.stdin is not None
@@ -467,6 +476,7 @@ def run_window(sc: Scenario, duration_s: float, stop: Stop | None = None,
         error = exc
     finally:
         sc.cleanup()
+        close_guard()  # nothing is left to undo (else the guard stays, to retry at exit)
     end_ns = time.monotonic_ns()
     if not sc.applied:
         if error is not None:
@@ -475,7 +485,9 @@ def run_window(sc: Scenario, duration_s: float, stop: Stop | None = None,
     label_start = sc.facts.pop("_start_ns", start_ns)
     label_end = sc.facts.pop("_end_ns", end_ns)
     params = sc.label_params()
-    params["setup_ms"] = round(max(0, (sc.t_effective_ns or start_ns) - label_start) / 1e6, 3)
+    effective = max(label_start, sc.t_effective_ns or start_ns)
+    params["setup_ms"] = round((effective - label_start) / 1e6, 3)
+    params["effective_start_ns"] = int(effective)
     params["interrupted"] = stop.is_set() or error is not None
     label = {"start_ns": int(label_start), "end_ns": int(label_end), "kind": sc.kind, "scenario": sc.name,
              "params": params}

@@ -21,6 +21,7 @@ first, and exits. Every action is idempotent and checks the process start
 time, so a recycled PID is never signalled. SIGINT is ignored: a Ctrl-C in the
 terminal is the injector's to handle.
 
+Its argument is the injector's PID (to tell whose guard it is).
 This module imports nothing heavy: it starts in ~50 ms.
 """
 from __future__ import annotations

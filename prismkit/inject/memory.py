@@ -56,7 +56,7 @@ class MemoryBandwidth(Scenario):
     PARAMS = {
         "workers": Param(None, "streaming processes (default: number of the server's CPUs)", int,
                          lambda v: 1 <= v <= 256, "1..256"),
-        "buffer_mb": Param(256, "size of each worker's source and destination buffers (MiB)", int,
+        "buffer_mb": Param(64, "size of each worker's source and destination buffers (MiB)", int,
                            lambda v: 1 <= v <= 65536, "1..65536"),
         "pin": Param(True, "pin the workers to the server's CPUs", bool),
         "sched_idle": Param(False, "run the workers as SCHED_IDLE (bandwidth only, no CPU time taken)", bool),

@@ -118,18 +118,27 @@ def load(cfg: dict) -> None:
         rng = np.random.default_rng(seed)
         n, spread = int(cfg["n"]), float(cfg["spread_s"])
         specs = [RequestSpec(spread * i / max(n - 1, 1), prompt(rng), output(rng)) for i in range(n)]
+    def interrupt(*_a) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # until run_load's own handlers take over
     _ready()
-    res = run_load(cfg["url"], specs, concurrency=int(cfg.get("concurrency", 1)), seed=seed,
-                   duration_s=cfg.get("duration_s"), progress=False, max_in_flight=1024)
-    ok = [r for r in res.results if r.status == "ok"]
-    sent = [r for r in res.results if r.t_send_ns]
+    try:
+        res = run_load(cfg["url"], specs, concurrency=int(cfg.get("concurrency", 1)), seed=seed,
+                       duration_s=cfg.get("duration_s"), progress=False, max_in_flight=1024)
+        results, interrupted = res.results, res.interrupted
+    except KeyboardInterrupt:
+        results, interrupted = [], True
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the summary must get out
+    ok = [r for r in results if r.status == "ok"]
+    sent = [r for r in results if r.t_send_ns]
     summary = {
         "n_sent": len(sent), "n_ok": len(ok),
         "prompt_tokens": sum(r.prompt_tokens for r in ok), "output_tokens": sum(r.output_tokens for r in ok),
         "first_send_ns": min((r.t_send_ns for r in sent), default=0),
         "last_end_ns": max((r.t_end_ns for r in sent), default=0),
-        "interrupted": res.interrupted,
-        "errors": sorted({r.error or r.status for r in res.results if r.status not in ("ok", "cancelled")})[:3],
+        "interrupted": interrupted,
+        "errors": sorted({r.error or r.status for r in results if r.status not in ("ok", "cancelled")})[:3],
     }
     sys.stdout.write(json.dumps(summary) + "\n")
     sys.stdout.flush()
