@@ -55,7 +55,7 @@ class WatchConfig:
     poll_ms: int = 50
     sample_ms: int = 200
     causes: bool = True
-    resolve_after_s: float = 2.0                    # anomalies closer than this are one alert episode
+    resolve_after_s: float = 0.5                    # anomalies closer than this are one alert episode
     inline: bool = True                             # detect in the recorder's batch callback (else: a queue + thread)
     switch_interval_s: float | None = 0.001         # GIL switch interval: other threads give the recorder the GIL sooner
     verbose: bool = True
