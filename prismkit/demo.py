@@ -58,6 +58,9 @@ def run_demo(model: str = "demo", duration_s: float = 60.0, port: int = 8090, ou
         for i, r in enumerate(results):
             r.req_id = i
         write_results_csv(results, load_csv)
+        from .online.demo import run_online_demo  # phase 3: online, alert on an injected fault
+
+        run_online_demo(info.pid, info.url, trace_path, out_dir, say=_say)
     finally:
         srv.stop()
         _say("server stopped")
