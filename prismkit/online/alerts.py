@@ -181,13 +181,16 @@ class AlertManager:
     def __init__(self, sinks: list[Sink], pid: int, slo_ttft_ms: float | None = None,
                  slo_tpot_ms: float | None = None, update_every_s: float = 1.0,
                  causes: Callable[[dict], list[dict]] | None = None, metrics=None,
-                 resolve_after_s: float = 2.0) -> None:
+                 resolve_after_s: float = 0.5, min_excess_ms: float = 2.0) -> None:
         self.sinks = sinks
         self.pid = pid
         self.slo_ttft_ms = slo_ttft_ms
         self.slo_tpot_ms = slo_tpot_ms
         self.update_every_s = update_every_s
         self.resolve_after_s = resolve_after_s
+        self.min_excess_ms = min_excess_ms
+        self._pending = None      # a detector anomaly that has not yet cost min_excess_ms
+        self.suppressed = 0       # detector anomalies that closed below min_excess_ms (no alert)
         self.causes_fn = causes
         self.metrics = metrics
         self.episodes: list[dict] = []        # every episode's latest document (bounded below)
@@ -220,7 +223,17 @@ class AlertManager:
                     self._add_mask(st, v.alarm, ring)
                     self._emit_locked("updated", batch["ts_end"])
                 else:
-                    self._opened(v.alarm, batch, ring)
+                    self._pending = v.alarm
+            an = self._pending
+            if an is not None and self._open is None:
+                # alert policy: an anomaly opens an alert once it has cost `min_excess_ms` (checked at every
+                # flagged batch, so the alert leaves at the batch that crosses it)
+                if (an.sum_obs - an.sum_exp) / 1e6 >= self.min_excess_ms:
+                    self._pending = None
+                    self._opened(an, batch, ring)
+                elif v.closed is an:
+                    self._pending = None
+                    self.suppressed += 1
             elif st is not None and v.flagged:
                 st["seq_mask"] |= int(batch.get("seq_mask") or 0)
                 if time.monotonic() - self._last_update >= self.update_every_s:

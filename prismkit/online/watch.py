@@ -56,6 +56,7 @@ class WatchConfig:
     sample_ms: int = 200
     causes: bool = True
     resolve_after_s: float = 0.5                    # anomalies closer than this are one alert episode
+    min_excess_ms: float = 2.0                      # alert once an anomaly has cost this much batch time
     inline: bool = True                             # detect in the recorder's batch callback (else: a queue + thread)
     switch_interval_s: float | None = 0.001         # GIL switch interval: other threads give the recorder the GIL sooner
     verbose: bool = True
@@ -188,7 +189,8 @@ class Watcher:
 
             causes = make_cause_fn(str(config.output))
         self.alerts = AlertManager(sinks, config.pid, config.slo_ttft_ms, config.slo_tpot_ms,
-                                   causes=causes, metrics=self.metrics, resolve_after_s=config.resolve_after_s)
+                                   causes=causes, metrics=self.metrics, resolve_after_s=config.resolve_after_s,
+                                   min_excess_ms=config.min_excess_ms)
         self._det_thread = threading.Thread(target=self._detector_loop, name="prism-detector", daemon=True)
 
     # -- messages --------------------------------------------------------------------
@@ -292,7 +294,7 @@ class Watcher:
             self.ring.append(b)
             v = self.detector.update(b)   # prismkit.detect's OnlineDetector: expected latency + control limits
             exp = v.expected
-            if v.alarm is not None or v.flagged or v.closed is not None:
+            if v.alarm is not None or v.flagged or v.closed is not None or self.alerts._pending is not None:
                 self.alerts.on_verdict(v, b, self.ring)
             elif self.alerts.active is not None:
                 self.alerts.tick()
@@ -464,7 +466,8 @@ class Watcher:
                 "episodes": [{k: d[k] for k in ("alert_id", "status", "start_ns", "end_ns", "duration_ms",
                                                 "observed_ms", "expected_ms", "slowdown", "causes")}
                              for d in self.alerts.episodes],
-                "alert_latency_ms": lat, "lost_events": self.lost_events(), "restarts": self.restarts,
+                "alert_latency_ms": lat, "suppressed_below_min_excess": self.alerts.suppressed,
+                "lost_events": self.lost_events(), "restarts": self.restarts,
                 "detector_ms_p50": float(np.percentile(det, 50)) if len(det) else None,
                 "detector_ms_p99": float(np.percentile(det, 99)) if len(det) else None}
 
