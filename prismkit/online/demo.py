@@ -43,9 +43,18 @@ def run_online_demo(pid: int, url: str, trace_path: Path, out_dir: Path, say=pri
         load.wait()
         summary = w.stop("requested")
     eps = summary["episodes"]
+    say(f"online: watched {summary['batches']} batches, {summary['requests']} requests; "
+        f"{len(eps)} alert episode(s)")
+    try:  # the episode that overlaps the injected fault (others are the shared machine's noise)
+        lab = json.loads((out_dir / "watch.labels.jsonl").read_text().splitlines()[-1])
+        hit = [e for e in eps if e["start_ns"] <= lab["end_ns"] and e["end_ns"] >= lab["start_ns"]]
+    except (OSError, IndexError, ValueError):
+        hit = []
+    eps = hit or eps
     if eps:
         e = eps[0]
-        first = next(json.loads(x) for x in alerts.read_text().splitlines() if json.loads(x)["event"] == "opened")
+        first = next(d for d in map(json.loads, alerts.read_text().splitlines())
+                     if d["event"] == "opened" and d["alert_id"] == e["alert_id"])
         say(f"online: alert {e['alert_id']}: batches {e['observed_ms']:.1f} ms vs expected {e['expected_ms']:.1f} ms "
             f"(x{e['slowdown']:.1f}) for {e['duration_ms']:.0f} ms; alert written "
             f"{(first['alert_path_ms'] or {}).get('to_alert', 0) + (first['alert_path_ms'] or {}).get('to_observer', 0):.2f}"
