@@ -96,7 +96,7 @@ def quick_causes(pid: int, window_s: float = 0.5, samples: int = 25) -> list[dic
     runq = (sched1[1] - sched0[1]) / 1e9 / wall
     causes = []
     if stopped:
-        causes.append({"cause": "stall", "score": stopped / samples,
+        causes.append({"cause": "stall", "score": 0.5 + 0.5 * stopped / samples,  # being stopped is decisive
                        "evidence": f"server stopped (state T) in {stopped}/{samples} samples"})
     if other_share > 0.1 or runq > 0.2:
         top = ", ".join(f"{c}[{p}] {s:.0%}" for s, p, c in others[:3])
