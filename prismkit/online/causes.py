@@ -116,22 +116,46 @@ def quick_causes(pid: int, window_s: float = 0.5, samples: int = 25) -> list[dic
     return causes
 
 
-def make_cause_fn(trace_path=None):
-    """The causes callback for AlertManager: prismkit.explain when present, else quick_causes."""
-    try:
-        import prismkit.explain as explain  # noqa: F401  (another engineer's module; optional)
-    except ImportError:
-        explain = None
+def rootcause_causes(trace_path, start_ns: int, end_ns: int, window_s: float = 20.0, model=None) -> list[dict]:
+    """prismkit.rootcause.explain on the recent window of the growing trace (anomaly vs the batches around it)."""
+    import pandas as pd
 
+    from prismkit.rootcause import explain
+    from prismkit.trace import load_trace
+
+    trace = load_trace(trace_path)           # a growing trace loads up to its last complete packet
+    b = trace.batches
+    if b.empty:
+        return []
+    lo = end_ns - int(window_s * 1e9)
+    res = explain(trace, anomalies=pd.DataFrame({"start": [start_ns], "end": [end_ns]}),
+                  baseline=(lo, start_ns), model=model)
+    out = []
+    for r in res.causes.sort_values("rank").itertuples(index=False):
+        out.append({"cause": r.cause, "score": float(getattr(r, "confidence", 0.0) or 0.0),
+                    "share": float(getattr(r, "share", 0.0) or 0.0), "evidence": str(getattr(r, "evidence", "")),
+                    "source": "prismkit.rootcause"})
+    return out
+
+
+def make_cause_fn(trace_path=None, rca: bool = False, model_fn=None, wait_s: float = 1.5):
+    """The causes callback for AlertManager: quick /proc evidence; with `rca`, prismkit.rootcause too.
+
+    Runs on the enrichment thread only (never on the alert path). The root-cause
+    analysis reloads the growing trace, so it is opt-in (`prism watch --rca`).
+    """
     def fn(ctx: dict) -> list[dict]:
         causes = quick_causes(ctx["pid"])
-        if explain is not None and trace_path is not None and hasattr(explain, "explain_window"):
+        for c in causes:
+            c["source"] = "proc"
+        if rca and trace_path is not None:
             try:
-                extra = explain.explain_window(trace_path, ctx["start_ns"] - 10_000_000_000, ctx["start_ns"],
-                                               ctx["end_ns"] + 500_000_000)
-                causes = list(extra)[:5] + causes
-            except Exception as exc:  # optional: quick evidence stays
-                causes.append({"cause": "explain_failed", "score": 0.0, "evidence": str(exc)})
+                time.sleep(wait_s)   # let the trace hold the anomaly's batches and their OS events
+                extra = rootcause_causes(trace_path(), ctx["start_ns"], max(ctx["end_ns"], time.monotonic_ns() - 200_000_000),
+                                         model=model_fn() if model_fn else None)
+                causes = extra[:4] + causes
+            except Exception as exc:  # the quick evidence stays
+                causes.append({"cause": "rootcause_failed", "score": 0.0, "evidence": repr(exc)[:300]})
         return causes
 
     return fn

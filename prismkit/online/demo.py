@@ -21,7 +21,7 @@ def run_online_demo(pid: int, url: str, trace_path: Path, out_dir: Path, say=pri
     alerts = out_dir / "alerts.jsonl"
     alerts.write_text("")
     cfg = WatchConfig(pid=pid, output=out_dir / "watch.pftrace", model=model_path, alerts_jsonl=alerts,
-                      nice=-10, verbose=False)
+                      nice=-10, verbose=False, rca=True)
     w = Watcher(cfg, sinks=[TerminalSink(lambda s: print(s, flush=True)), JsonlSink(alerts)])
     load = subprocess.Popen([sys.executable, "-m", "prismkit.cli", "load", "--url", url, "-c", "2", "--duration", "30",
                              "--prompt", "uniform:16:96", "--output", "uniform:8:48", "--quiet", "-o",
@@ -36,6 +36,11 @@ def run_online_demo(pid: int, url: str, trace_path: Path, out_dir: Path, say=pri
                         str(out_dir / "watch.labels.jsonl"), "--quiet"], check=False)
         t0 = time.monotonic()
         while time.monotonic() - t0 < 8 and (w.alerts.active is not None or not w.alerts.episodes):
+            w.poll()
+            time.sleep(0.2)
+        t0 = time.monotonic()   # root cause analysis runs off the alert path: give it a few seconds
+        while time.monotonic() - t0 < 12 and w.alerts.episodes and not any(
+                c.get("source") == "prismkit.rootcause" for e in w.alerts.episodes for c in e.get("causes") or []):
             w.poll()
             time.sleep(0.2)
     finally:

@@ -55,6 +55,7 @@ class WatchConfig:
     poll_ms: int = 50
     sample_ms: int = 200
     causes: bool = True
+    rca: bool = False                               # also prismkit.rootcause on the growing trace (enrichment thread)
     resolve_after_s: float = 0.5                    # anomalies closer than this are one alert episode
     min_excess_ms: float = 2.0                      # alert once an anomaly has cost this much batch time
     inline: bool = True                             # detect in the recorder's batch callback (else: a queue + thread)
@@ -187,7 +188,8 @@ class Watcher:
         if config.causes:
             from .causes import make_cause_fn
 
-            causes = make_cause_fn(str(config.output))
+            causes = make_cause_fn(lambda: self.traces[-1] if self.traces else str(config.output), rca=config.rca,
+                                   model_fn=lambda: self.model)
         self.alerts = AlertManager(sinks, config.pid, config.slo_ttft_ms, config.slo_tpot_ms,
                                    causes=causes, metrics=self.metrics, resolve_after_s=config.resolve_after_s,
                                    min_excess_ms=config.min_excess_ms)
