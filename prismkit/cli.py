@@ -234,6 +234,8 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
                    help="when the target exits, re-attach to the next process listening on this port")
     p.add_argument("--poll-ms", type=int, default=50, help="how often the ring buffers are drained")
     p.add_argument("--no-causes", action="store_true", help="do not run cause analysis on an alert")
+    p.add_argument("--rca", action="store_true",
+                   help="add prismkit.rootcause's ranked causes to each alert (reloads the growing trace, off the alert path)")
     p.add_argument("--min-excess-ms", type=float, default=2.0,
                    help="alert once an anomaly has cost this much batch time (ms) beyond the expected")
     p.add_argument("--nice", type=int, default=None,
@@ -259,7 +261,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                       slo_tpot_ms=args.slo_tpot, alerts_jsonl=args.alerts_jsonl, webhook=args.webhook,
                       prometheus_port=args.prometheus_port, warmup_s=args.warmup, follow_port=args.follow_port,
                       poll_ms=args.poll_ms, causes=not args.no_causes, verbose=not args.quiet,
-                      nice=args.nice, min_excess_ms=args.min_excess_ms)
+                      nice=args.nice, min_excess_ms=args.min_excess_ms,
+                      rca=args.rca)
     return run_watch(cfg)
 
 
