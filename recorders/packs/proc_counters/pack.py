@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from ...target import TargetProcess
 from ..base import AttachReport, ProbePack

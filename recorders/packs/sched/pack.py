@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
+import time
 from pathlib import Path
 
 from ...target import TargetProcess
@@ -235,8 +236,6 @@ class SchedPack(ProbePack):
                               now_ns, row["ns"])
 
     def finish(self, bpf, ctx) -> None:
-        import time
-
         now = time.monotonic_ns()
         self._last_preemptors = 0
         self.sample(ctx, now)
