@@ -116,7 +116,7 @@ def test_stall_gives_one_episode_within_goal(session):
     # SIGSTOP pauses of 40 ms every 120 ms for 1.5 s: several land inside llama_decode calls
     label = _inject(session["info"].pid, "stall", 1.5, session["dir"] / "labels.jsonl", pause_ms=40, period_ms=120)
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 15:    # resolved: resolve_after_s (0.5 s) without anomaly after the fault
+    while time.monotonic() - t0 < 15:    # resolved: resolve_after_s (1 s) without anomaly after the fault
         time.sleep(0.5)
         w.poll()
         eps = _overlapping(w, label["start_ns"], label["end_ns"] + 500_000_000)

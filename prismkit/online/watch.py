@@ -56,7 +56,7 @@ class WatchConfig:
     sample_ms: int = 200
     causes: bool = True
     rca: bool = False                               # also prismkit.rootcause on the growing trace (enrichment thread)
-    resolve_after_s: float = 0.5                    # anomalies closer than this are one alert episode
+    resolve_after_s: float = 1.0                    # anomalies closer than this are one alert episode
     min_excess_ms: float = 2.0                      # alert once an anomaly has cost this much batch time
     inline: bool = True                             # detect in the recorder's batch callback (else: a queue + thread)
     switch_interval_s: float | None = 0.001         # GIL switch interval: other threads give the recorder the GIL sooner
