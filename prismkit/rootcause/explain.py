@@ -180,7 +180,14 @@ def explain(trace, anomalies=None, baseline=None, *, labels=None, model=None, ma
     on.fit(f.loc[base, wl], f.loc[base, "latency_ns"])
     f["latency_expected"] = on.predict(f[wl])
     rows, shap_rows, per_anomaly_s = [], [], []
-    sv_base = explainer.shap_values(X[base]).mean(axis=0) if base.any() else np.zeros(len(names))
+    rng = np.random.default_rng(seed)
+
+    def sample(mask: np.ndarray, k: int = 400) -> np.ndarray:
+        """At most k of the rows in mask (SHAP cost grows with rows; a mean needs a few hundred)."""
+        idx = np.flatnonzero(mask)
+        return np.sort(rng.choice(idx, k, replace=False)) if len(idx) > k else idx
+
+    sv_base = explainer.shap_values(X.iloc[sample(base)]).mean(axis=0) if base.any() else np.zeros(len(names))
     Xb = X[base]
     fb = f[base]
     lat_base = float(np.median(y[base])) if base.any() else float(np.median(y))
@@ -195,7 +202,7 @@ def explain(trace, anomalies=None, baseline=None, *, labels=None, model=None, ma
                              evidence="no batches ran in this window (the server did no work)"))
             per_anomaly_s.append(time.perf_counter() - ta)
             continue
-        sv = explainer.shap_values(X[m])
+        sv = explainer.shap_values(X.iloc[sample(m)])
         delta = sv.mean(axis=0) - sv_base
         va, vb = X[m].mean(axis=0), Xb.mean(axis=0)
         for j, nm in enumerate(names):
@@ -292,7 +299,11 @@ def _causes_for(i, a, n_b, delta: dict, fa: pd.DataFrame, fb: pd.DataFrame, lat_
     oncpu_excess = oncpu_a - oncpu_b
     z_on = _window_z(fa.assign(r=fa["main_oncpu_ns"] - fa["oncpu_expected"]),
                      fb.assign(r=fb["main_oncpu_ns"] - fb["oncpu_expected"]), ["r"]).get("r", 0.0)
-    compute_slower = oncpu_excess > 0 and oncpu_a > 1.15 * oncpu_b and z_on > 1.0 and not throttle_evidence
+    # (not when the batch thread was stopped/blocked far beyond baseline: after a stop the engine's
+    # threads spin at their barriers for peers still waiting to run, which inflates on-CPU time)
+    stopped = z.get("main_blocked_ns", 0.0) > 3.0 and mv["main_blocked_ns"][0] > 2 * mv["main_blocked_ns"][1]
+    compute_slower = (oncpu_excess > 0 and oncpu_a > 1.15 * oncpu_b and z_on > 1.0 and not throttle_evidence
+                      and not stopped)
     if compute_slower:
         # with page faults soaring, the extra on-CPU time is the kernel mapping pages back in
         # (memory pressure); otherwise the compute itself ran slower (memory bandwidth / caches)

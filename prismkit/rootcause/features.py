@@ -120,7 +120,14 @@ def _rate_per_sample(c: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def server_tids(trace, pid: int) -> set[int]:
-    """Thread ids of the server process seen anywhere in the trace."""
+    """Thread ids of the server process seen anywhere in the trace (cached on the trace)."""
+    cache = trace.__dict__.setdefault("_rootcause_tids", {})
+    if pid not in cache:
+        cache[pid] = _server_tids(trace, pid)
+    return cache[pid]
+
+
+def _server_tids(trace, pid: int) -> set[int]:
     out: set[int] = set()
     for df in (trace.tracks, trace.sched, trace.batches):
         if df is not None and not df.empty and "tid" in df and "pid" in df:
