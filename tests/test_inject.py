@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO, free_port, require
 from prismkit.errors import PrismError
-from prismkit.inject import FAULTS, Stop, Target, make_scenario, run_window
+from prismkit.inject import FAULTS, Target, make_scenario, run_window
 from prismkit.inject.base import close_guard
 from prismkit.inject.labels import LabelWriter, expand_pauses, label_batches, read_labels
 from prismkit.load import closed_loop, parse_length_dist, run_load
@@ -142,7 +142,7 @@ def _no_guard_between_tests():
 
 
 def small_load(url: str, seconds: float, concurrency: int = 4):
-    specs = closed_loop(2_000, parse_length_dist("fixed:32"), parse_length_dist("fixed:32"))
+    specs = closed_loop(2_000, parse_length_dist("fixed:32"), parse_length_dist("fixed:16"))
     return run_load(url, specs, concurrency=concurrency, duration_s=seconds, progress=False)
 
 
@@ -277,9 +277,18 @@ def test_sigkilled_injector_is_undone_by_the_guard(name, params, server):
     before = snapshot(server.pid)
     proc = _cli([name, "--pid", str(server.pid), "--duration", "20", *params])
     _wait_started(proc)
-    time.sleep(0.3)
-    if name == "stall":
-        assert state(server.pid) == "T"  # caught mid-pause
+    deadline = time.monotonic() + 10
+    if name == "stall":  # kill it mid-pause
+        while state(server.pid) != "T" and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert state(server.pid) == "T"
+    elif name == "cpu_throttle":  # kill it once the server is in the quota cgroup
+        while not any("prismkit-inject-" in line for line in Path(f"/proc/{server.pid}/cgroup").read_text().splitlines()) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+    else:  # kill it once the spinners run (the guard and >= 1 helper)
+        while len(helper_processes({proc.pid})) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
     assert helper_processes({proc.pid}), "a guard (and helpers) run while the window is open"
     proc.kill()
     proc.communicate(timeout=10)

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -191,13 +191,21 @@ class Guard:
         self._next = 0
         self._pending: set[int] = set()
 
-    def _send(self, msg: dict) -> None:
+    def ensure(self) -> None:
+        """Start the guard process now (it takes ~50 ms, seconds on a saturated host)."""
+        with self._lock:
+            self._start()
+
+    def _start(self) -> None:
         if self._proc is None:
             env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
             self._proc = subprocess.Popen([sys.executable, "-m", "prismkit.inject.guard", str(os.getpid())], stdin=subprocess.PIPE,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                           start_new_session=True, env=env, text=True)
-        assert self._proc.stdin is not None
+
+    def _send(self, msg: dict) -> None:
+        self._start()
+        assert self._proc is not None and self._proc.stdin is not None
         self._proc.stdin.write(json.dumps(msg) + "\n")
         self._proc.stdin.flush()
 
@@ -452,6 +460,7 @@ def run_window(sc: Scenario, duration_s: float, stop: Stop | None = None,
     """
     stop = stop or Stop()
     t0_ns = t0_ns or time.monotonic_ns()
+    guard().ensure()  # before the window opens: its start-up is not part of the window
     start_ns = time.monotonic_ns()
     error: BaseException | None = None
     _say(log, f"+{(start_ns - t0_ns) / 1e9:7.3f}s start {sc.name} ({sc.kind}) for {duration_s:g}s: {sc.describe()}")

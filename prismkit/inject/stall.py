@@ -14,18 +14,22 @@ only if its [ts, ts + dur] overlaps one of the pauses; batches between pauses
 run at normal speed. ``prismkit.inject.labels.expand_pauses`` turns an
 episode label into one row per pause for per-batch evaluation.
 
-Safety: the SIGCONT is registered with the guard before the first SIGSTOP,
-and cleanup always sends SIGCONT (also on Ctrl-C, SIGTERM and errors); if the
-injector is SIGKILLed mid-pause the guard sends it.
+The timing runs in a small helper process (worker.py, kind "stall") at
+SCHED_FIFO priority: it sleeps nearly all the time, and the pauses keep their
+length even when the host is saturated or the injector's own process is busy.
+
+Safety: the SIGCONT is registered with the guard before the first SIGSTOP;
+the timer sends SIGCONT whenever it ends; and cleanup sends it again, always
+(also on Ctrl-C, SIGTERM and errors). If the injector is SIGKILLed mid-pause,
+its timer dies with it (PR_SET_PDEATHSIG) and the guard sends the SIGCONT.
 """
 from __future__ import annotations
 
-import os
-import random
+import select
 import signal
-import time
 
-from .base import Param, Scenario, guard
+from ..errors import PrismError
+from .base import Param, Scenario, guard, start_helpers
 from .guard import signal_if_same
 
 
@@ -42,56 +46,57 @@ class Stall(Scenario):
     }
 
     def validate(self) -> None:
-        from ..errors import PrismError
-
         if self.params["pause_ms"] >= self.params["period_ms"]:
             raise PrismError(f"stall: pause_ms ({self.params['pause_ms']:g}) must be shorter than "
                              f"period_ms ({self.params['period_ms']:g})")
         self.pauses: list[list[int]] = []
-        self._stopped_at: int | None = None
-        self._next: float = 0.0
-        self._rng = random.Random(self.params["seed"])
+        self.helpers = []
         self._guard_id: int | None = None
 
     def _start(self) -> None:
         self._guard_id = guard().register({"op": "cont", "pid": self.target.pid, "start": self.target.start_time})
         self.applied = True
-        self._next = time.monotonic()
-        self.tick()
+        cfg = {"pid": self.target.pid, "start": self.target.start_time, **self.params}
+        self.helpers = start_helpers("stall", [cfg])
 
-    def _offset(self) -> float:
-        j = self.params["jitter"]
-        return self._rng.uniform(-j, j) * self.params["period_ms"] / 1000 if j else 0.0
+    def _drain(self) -> None:
+        """Collect the pauses the timer reported so far (it must never block on a full pipe)."""
+        for h in self.helpers:
+            out = h.proc.stdout
+            while out is not None and select.select([out], [], [], 0)[0]:
+                line = out.readline()
+                if not line:
+                    break
+                self._add(line)
+
+    def _add(self, line: str) -> None:
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            self.pauses.append([int(parts[0]), int(parts[1])])
 
     def tick(self) -> float | None:
-        now = time.monotonic()
-        if self._stopped_at is not None:
-            due = self._stopped_at / 1e9 + self.params["pause_ms"] / 1000
-            if now >= due:
-                self._cont()
-                now = time.monotonic()
-            else:
-                return due - now
-        if now >= self._next:
-            t = time.monotonic_ns()
-            if signal_if_same(self.target.pid, self.target.start_time, signal.SIGSTOP):
-                self._stopped_at = t
-            period = self.params["period_ms"] / 1000
-            self._next = max(self._next + period, now) + self._offset()
-            return self.params["pause_ms"] / 1000
-        return self._next - now
+        self._drain()
+        return 0.1
 
-    def _cont(self) -> None:
-        signal_if_same(self.target.pid, self.target.start_time, signal.SIGCONT)
-        if self._stopped_at is not None:
-            self.pauses.append([self._stopped_at, time.monotonic_ns()])
-            self._stopped_at = None
+    def check(self) -> None:
+        for h in self.helpers:
+            if not h.alive():
+                raise PrismError(f"stall: the pause timer (pid {h.pid}) exited early")
 
     def _cleanup(self) -> None:
-        if self.applied:
-            self._cont()  # always: even if we believe it is running
-            guard().forget(self._guard_id)
-            self._guard_id = None
+        try:
+            self._drain()
+            for h in self.helpers:
+                h.stop(signal.SIGTERM, grace=2.0)  # it sends the SIGCONT on its way out
+                for line in h.output.splitlines():
+                    self._add(line)
+            self.helpers = []
+        finally:
+            if self.applied:
+                # Always, whatever happened to the timer: the server must run.
+                signal_if_same(self.target.pid, self.target.start_time, signal.SIGCONT)
+                guard().forget(self._guard_id)
+                self._guard_id = None
 
     def label_params(self) -> dict:
         p = super().label_params()

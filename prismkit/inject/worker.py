@@ -3,7 +3,8 @@
 Kinds: ``spin`` (burn CPU, optionally with a duty cycle), ``stream`` (copy a
 large buffer in a loop: memory bandwidth), ``io`` (fsync'd writes and
 cache-bypassing reads of an unnamed temporary file), ``load`` (drive the
-server with the load generator and report the requests as JSON).
+server with the load generator and report the requests as JSON), ``stall``
+(SIGSTOP/SIGCONT the server on a real-time timer, one line per pause).
 
 Every worker arranges its own end: it asks the kernel for SIGKILL when its
 parent dies (PR_SET_PDEATHSIG), so a SIGKILLed injector leaves no helper
@@ -144,7 +145,63 @@ def load(cfg: dict) -> None:
     sys.stdout.flush()
 
 
-KINDS = {"spin": spin, "stream": stream, "io": io, "load": load}
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except OSError:
+        return None
+
+
+def stall(cfg: dict) -> None:
+    """SIGSTOP the target for pause_ms every period_ms; one line "STOP_NS CONT_NS" per pause.
+
+    Runs as SCHED_FIFO where allowed (it sleeps nearly all the time), so that
+    the pauses have their length even on a saturated host. Whatever ends it
+    (SIGTERM from the injector, an error), the target gets its SIGCONT.
+    """
+    import random
+
+    pid, start = int(cfg["pid"]), int(cfg["start"])
+    pause, period = float(cfg["pause_ms"]) / 1000, float(cfg["period_ms"]) / 1000
+    jitter, rng = float(cfg.get("jitter", 0.0)), random.Random(int(cfg.get("seed", 0)))
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    except (OSError, AttributeError):
+        try:
+            os.nice(-10)
+        except OSError:
+            pass
+
+    def terminate(*_a) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, terminate)
+    _ready()
+    nxt = time.monotonic()
+    try:
+        while True:
+            delay = nxt - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if _start_time(pid) != start:
+                return  # the target is gone: nothing left to pause
+            a = time.monotonic_ns()
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                time.sleep(pause)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+                b = time.monotonic_ns()
+                sys.stdout.write(f"{a} {b}\n")
+                sys.stdout.flush()
+            nxt = max(nxt + period + (rng.uniform(-jitter, jitter) * period if jitter else 0.0), time.monotonic())
+    finally:
+        if _start_time(pid) == start:
+            os.kill(pid, signal.SIGCONT)
+
+
+KINDS = {"spin": spin, "stream": stream, "io": io, "load": load, "stall": stall}
 
 
 def main() -> int:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-import time
 
 from ..errors import PrismError
 from .base import Param, Scenario, start_helpers
