@@ -17,9 +17,12 @@ The rule (LatencyPrism's control limit, plus persistence and hysteresis):
 - control limits per phase from the model's out-of-fold errors on normal
   data: ``L = mean + k * std`` of the one-sided relative error (enter),
   ``L_in = mean + k_in * std`` (stay), ``L_severe = mean + k_severe * std``
-  together with an excess time beyond ``severe_excess`` x the 99.9th
+  together with an excess time beyond ``severe_excess`` x the 99th
   percentile of the excess (dur - expected) of normal batches: a stall costs
   more time than the scheduler hiccups a busy machine gives normal batches;
+- mean and std are those of the one-sided error winsorized at its 99th
+  percentile (see model._stats): rare hiccups in the baseline do not widen
+  the limits;
 - an anomaly opens when ``m`` of the last ``n`` batches exceed ``L``
   (persistence: one slow batch is not an alarm), or when one batch exceeds
   ``L_severe`` (a stall); on opening, the run of batches above ``L_in`` just
@@ -53,7 +56,7 @@ class DetectorConfig:
     k: float = 3.0                  # enter limit: mean + k * std of the one-sided relative error
     k_in: float = 0.5               # stay limit inside an anomaly (hysteresis)
     k_severe: float | None = 12.0   # a single batch beyond mean + k_severe * std opens an anomaly ...
-    severe_excess: float = 1.5      # ... if it also lost more time than this x the q99.9 excess of normal batches
+    severe_excess: float = 4.0      # ... if it also lost more time than this x the q99 excess of normal batches
     m: int = 3                      # persistence: m of ...
     n: int = 4                      # ... the last n batches beyond the enter limit
     close_after: int = 5            # batches in a row within the stay limit that close an anomaly
@@ -89,7 +92,7 @@ def limits_from_calibration(calibration: dict, config: DetectorConfig) -> dict[s
         enter = max(mu + config.k * sd, config.min_limit)
         stay = min(max(mu + config.k_in * sd, config.min_limit_in), enter)
         severe = math.inf if config.k_severe is None else max(mu + config.k_severe * sd, enter)
-        sev_x = config.severe_excess * float(st.get("excess_q999_ns", 0.0) or 0.0)
+        sev_x = config.severe_excess * float(st.get("excess_q99_ns", 0.0) or 0.0)
         out[key] = Limits(mu, sd, enter, stay, severe, sev_x)
     return out
 
@@ -246,7 +249,8 @@ class OnlineDetector:
         self.limits = limits_from_calibration(cal, self.config)
         self.on_alarm = on_alarm
         c = self.config
-        self._ring: deque = deque(maxlen=max(c.lookback, c.n))   # (idx, ts, end, e, exceed, flagged, obs, exp, z)
+        # ring entries: [idx, ts, end, e, exceed, flagged, obs, exp, z, stay limit, enter limit]
+        self._ring: deque = deque(maxlen=max(c.lookback, c.n))
         self._n_exceed_window: deque = deque(maxlen=c.n)
         self._count = 0
         self._i = 0
@@ -287,7 +291,7 @@ class OnlineDetector:
         z = (e - lim.mean) / lim.std if lim.std > 0 else (math.inf if e > lim.mean else 0.0)
         v = Verdict(index=i, expected=expected, rel_error=e, exceed=bool(exceed))
         end = ts + dur
-        entry = [i, ts, end, e, exceed, False, float(dur), float(expected), z, lim.stay]
+        entry = [i, ts, end, e, exceed, False, float(dur), float(expected), z, lim.stay, lim.enter]
         # persistence window
         if len(self._n_exceed_window) == c.n:
             self._count -= self._n_exceed_window[0]
@@ -298,12 +302,14 @@ class OnlineDetector:
         if self._open is None:
             severe = e > lim.severe and dur - expected > lim.severe_excess_ns
             if self._count >= c.m or severe:
-                an = Anomaly(self._next_id, i, ts, i, end, "persistent" if self._count >= c.m else "severe")
+                persistent = self._count >= c.m
+                an = Anomaly(self._next_id, i, ts, i, end, "persistent" if persistent else "severe")
                 self._next_id += 1
                 # back-date the flags over the run of batches above the stay limit that ends here
+                # (a single severe batch: only over batches beyond the enter limit)
                 run = []
                 for ent in reversed(self._ring):
-                    if ent[3] > ent[9]:
+                    if ent[3] > (ent[9] if persistent else ent[10]):
                         run.append(ent)
                     else:
                         break
@@ -471,32 +477,30 @@ def _empty_cps() -> pd.DataFrame:
     return pd.DataFrame(columns=["kind", "idx", "ts", "mean_before", "mean_after", "change"])
 
 
-def change_points(signal: np.ndarray, penalty: float | None = None, min_size: int = 5,
-                  max_points: int = 4000) -> np.ndarray:
+def change_points(signal: np.ndarray, penalty: float | None = None, block: int = 8, min_blocks: int = 2,
+                  penalty_factor: float = 30.0, max_points: int = 4000) -> np.ndarray:
     """Change points of a 1-D series with ruptures (PELT, L2 cost); indices into `signal`.
 
-    Long series are reduced to block medians first (at most `max_points`
-    blocks); the penalty defaults to 3 * variance * log(n) (a BIC-like choice)
-    with the variance from the median absolute difference of neighbours,
-    robust to the level shifts being looked for.
+    The series is first reduced to medians of `block` batches (more for long
+    series: at most `max_points` blocks), so that single slow batches and the
+    short-range texture of model errors are not level shifts; the penalty
+    defaults to `penalty_factor` * sigma^2 * log(n) (BIC-like), sigma from the
+    median absolute difference of neighbouring blocks (robust to the shifts
+    being looked for).
     """
     import ruptures as rpt
 
     x = np.asarray(signal, dtype=np.float64)
     x = np.where(np.isfinite(x), x, np.nanmedian(x) if np.isfinite(x).any() else 0.0)
     n = len(x)
-    if n < 2 * min_size:
+    block = max(block, int(math.ceil(n / max_points)))
+    m = n // block
+    if m < 2 * min_blocks + 1:
         return np.empty(0, dtype=int)
-    block = max(1, int(math.ceil(n / max_points)))
-    if block > 1:
-        m = n // block
-        y = np.median(x[: m * block].reshape(m, block), axis=1)
-    else:
-        y = x
-    sigma = 1.4826 * np.median(np.abs(np.diff(y))) / math.sqrt(2) if len(y) > 2 else 1.0
-    sigma = max(sigma, 1e-3)
-    pen = penalty if penalty is not None else 3.0 * sigma ** 2 * math.log(len(y))
-    algo = rpt.Pelt(model="l2", min_size=max(2, min_size // block), jump=1).fit(y)
+    y = np.median(x[: m * block].reshape(m, block), axis=1)
+    sigma = max(1.4826 * np.median(np.abs(np.diff(y))) / math.sqrt(2), 1e-3)
+    pen = penalty if penalty is not None else penalty_factor * sigma ** 2 * math.log(len(y))
+    algo = rpt.Pelt(model="l2", min_size=min_blocks, jump=1).fit(y)
     bkps = np.asarray(algo.predict(pen=pen)[:-1], dtype=int)
     return np.minimum(bkps * block, n - 1)
 

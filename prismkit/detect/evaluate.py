@@ -6,10 +6,13 @@ Ground truth per batch (``batch_truth``):
   is *ignored*: it is partly faulty, so neither flagging it nor missing it is
   scored;
 - for a label that lists its pauses (``params.pauses``: [[start_ns, end_ns],
-  ...], stall faults), only batches that overlap a pause are anomalous, and
-  the other batches inside the window are normal; a batch that overlaps a
-  pause by less than 20% of the rest of its duration (a long prefill that a
-  short pause slowed by under 20%) is ignored;
+  ...], stall faults), only batches that were in flight across a pause are
+  anomalous, and the other batches inside the window are normal. "In flight
+  across" means the batch spans the pause's end (the SIGCONT): the pause's
+  start is stamped just before the SIGSTOP is sent and the stop can take
+  effect later (tens of ms on a loaded machine), so a batch that ended inside
+  the labelled pause was not stopped. A batch the pause slowed by less than
+  20% of the rest of its duration (a long prefill, a short pause) is ignored;
 - batches under workload labels, or under no label, are normal.
 
 Batch level: precision, recall, F1 of the per-batch flags over the scored
@@ -54,13 +57,16 @@ def batch_truth(batches: pd.DataFrame, labels: pd.DataFrame,
         pauses = (lab["params"] or {}).get("pauses") if isinstance(lab["params"], dict) else None
         if pauses:
             for ps, pe in pauses:
-                ov = np.minimum(end, pe) - np.maximum(ts, ps)
-                m = ov > 0
+                # A stopped thread resumes only at the SIGCONT (pe), so a stalled batch spans pe; a batch
+                # that ended inside [ps, pe] ran while the label says "paused" (the stop took effect
+                # later than its timestamp) and is normal.
+                spans = (ts < pe) & (end > pe)
+                ov = pe - np.maximum(ts, ps)
                 # slowed by >= pause_min_slowdown (the pause is at least that share of the rest of the batch)
-                big = m & (ov >= pause_min_slowdown * np.maximum(end - ts - ov, 1))
+                big = spans & (ov >= pause_min_slowdown * np.maximum(end - ts - ov, 1))
                 truth |= big
                 which[big] = li
-                ignore |= m & ~big
+                ignore |= spans & ~big
             continue
         inside = (ts >= s) & (end <= e)
         straddle = ((ts < s) & (end > s)) | ((ts < e) & (end > e))
