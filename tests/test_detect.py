@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from conftest import REPO, require

@@ -21,16 +21,22 @@ The rule (LatencyPrism's control limit, plus persistence and hysteresis):
   percentile of the excess (dur - expected) of normal batches: a stall costs
   more time than the scheduler hiccups a busy machine gives normal batches;
 - mean and std are those of the one-sided error winsorized at its 99th
-  percentile (see model._stats): rare hiccups in the baseline do not widen
-  the limits;
+  percentile (and at least its 10 largest values; see model._stats): rare
+  hiccups in the baseline do not widen the limits;
 - an anomaly opens when ``m`` of the last ``n`` batches exceed ``L``
   (persistence: one slow batch is not an alarm), or when one batch exceeds
-  ``L_severe`` (a stall); on opening, the run of batches above ``L_in`` just
-  before it is flagged too, so the flags start where the slowdown started
-  (the alarm itself is not back-dated: lag is measured at the alarm);
-- while open, every batch above ``L_in`` is flagged; it closes after
-  ``close_after`` batches in a row at or below ``L_in`` and ends at its last
-  flagged batch.
+  ``L_severe`` (a stall); on opening, the run of batches above ``L_in`` (above
+  ``L`` for a single severe batch) just before it is flagged too, so the
+  flags start where the slowdown started (the alarm itself is not
+  back-dated: lag is measured at the alarm);
+- while open, every batch above ``L_in`` is flagged (above ``L`` while an
+  anomaly opened by one severe batch has not become persistent); it closes
+  after ``close_after`` batches in a row at or below that limit and ends at
+  its last flagged batch.
+
+Defaults (k=3, k_in=0.5, 3 of 4, k_severe=12, severe_excess=4) were chosen on
+a separate set of labelled recordings from the sample traces'; see
+prismkit/detect/evaluate.py for how detections are scored.
 
 Workload shifts are found on the *expected* latency (the workload seen
 through the model): the mean of log(expected) over the last ``shift_window``
@@ -43,12 +49,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
-from .model import WORKLOAD_COLUMNS, WorkloadModel, _batches_of
+from .model import WorkloadModel, _batches_of
 
 
 @dataclass(frozen=True)
@@ -529,5 +535,4 @@ def residual_change_points(b: pd.DataFrame, penalty: float | None = None) -> pd.
 
 
 __all__ = ["Anomaly", "DetectionResult", "DetectorConfig", "OnlineDetector", "Verdict", "WorkloadShift",
-           "change_points", "detect", "limits_from_calibration", "prepare_batches", "run_detector",
-           "WORKLOAD_COLUMNS", "asdict"]
+           "change_points", "detect", "limits_from_calibration", "prepare_batches", "run_detector"]

@@ -137,8 +137,11 @@ class CpuHog:
     """`n` busy processes pinned to `cpus`, in their own session (autogroup) at autogroup nice `nice`.
 
     With the server's autogroup at nice -19, a hog at -19 takes about half of
-    each CPU it shares with the server (about 2x slower batches); at -13 about
-    a fifth to a third (about 1.15x to 1.4x on a busy box).
+    each CPU it shares with the server (about 2x slower batches of the demo
+    model); at -14 about 1.3x, at -11 about 1.15x (measured on a busy 2-core
+    box). ``prepare()`` spawns them blocked on stdin (their interpreter
+    start-up is not part of the fault); ``start()`` releases them and is the
+    window's start; ``stop()`` (SIGKILL) its end.
     """
 
     def __init__(self, cpus: set[int], nice: int = -19, n: int = 1) -> None:
