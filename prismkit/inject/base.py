@@ -464,6 +464,7 @@ def run_window(sc: Scenario, duration_s: float, stop: Stop | None = None,
     start_ns = time.monotonic_ns()
     error: BaseException | None = None
     _say(log, f"+{(start_ns - t0_ns) / 1e9:7.3f}s start {sc.name} ({sc.kind}) for {duration_s:g}s: {sc.describe()}")
+    sc.stop_flag = stop  # scenarios that wait on their own (a load finishing) watch it too
     try:
         sc.configure(duration_s)
         sc.start()

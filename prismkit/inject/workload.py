@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import time
 
 from ..errors import PrismError
 from .base import Param, Scenario, start_helpers
@@ -68,12 +69,13 @@ class _LoadScenario(Scenario):
     def _stop(self) -> None:
         # Normal end: closed-loop clients stop sending at the duration and their
         # requests in flight complete; a burst has finished. Give them time.
-        if self.helpers:
-            h = self.helpers[0]
-            try:
-                h.proc.wait(120)
-            except Exception:
-                pass
+        # A second Ctrl-C / SIGTERM (the window's stop flag) cuts this short.
+        deadline = time.monotonic() + 120
+        stop = getattr(self, "stop_flag", None)
+        while self.helpers and self.helpers[0].alive() and time.monotonic() < deadline:
+            if stop is not None and stop.is_set():
+                break
+            time.sleep(0.05)
         self._cleanup()
 
     def _cleanup(self) -> None:
