@@ -271,6 +271,21 @@ def test_cli_interrupted_mid_window_cleans_up(name, sig, server, private_server,
     assert_clean(srv.pid, before, owners={proc.pid})
 
 
+def test_repeated_signals_still_end_cleanly(server, tmp_path):
+    """Ctrl-C hammered (and a SIGTERM on top) while helpers start and stop: no hang, no traceback, clean."""
+    before = snapshot(server.pid)
+    proc = _cli(["cpu_contention", "--pid", str(server.pid), "--duration", "20", "--labels", str(tmp_path / "l")])
+    _wait_started(proc)
+    for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGINT):
+        time.sleep(0.05)
+        proc.send_signal(sig)
+    out, err = proc.communicate(timeout=20)
+    # A signal that lands after everything was undone may end the process the default way.
+    assert "everything was undone" in err and "Traceback" not in err, err
+    assert proc.returncode in (130, 143, -signal.SIGINT, -signal.SIGTERM), (proc.returncode, err)
+    assert_clean(server.pid, before, owners={proc.pid})
+
+
 @pytest.mark.parametrize("name,params", [("stall", ["-p", "pause_ms=600", "-p", "period_ms=700"]),
                                          ("cpu_throttle", []), ("cpu_contention", [])])
 def test_sigkilled_injector_is_undone_by_the_guard(name, params, server):

@@ -427,22 +427,33 @@ class Scenario:
 
 
 class Stop:
-    """A stop flag that signal handlers can set (threading.Event with a reason)."""
+    """A stop flag that signal handlers may set.
+
+    No locks: a handler that called threading.Event.set() could deadlock on the
+    Event's lock when the signal lands while the same thread holds it (inside
+    Event.wait). `wait` polls the flag every 10 ms instead.
+    """
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self._flag = False
         self.reason: str | None = None
 
     def set(self, reason: str = "requested") -> None:
         if self.reason is None:
             self.reason = reason
-        self.event.set()
+        self._flag = True
 
     def is_set(self) -> bool:
-        return self.event.is_set()
+        return self._flag
 
     def wait(self, timeout: float) -> bool:
-        return self.event.wait(timeout)
+        end = time.monotonic() + timeout
+        while not self._flag:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(left, 0.01))
+        return self._flag
 
 
 def _say(log: Callable[[str], None] | None, msg: str) -> None:

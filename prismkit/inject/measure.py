@@ -53,6 +53,15 @@ def _in(ts: np.ndarray, windows: list[tuple[int, int]]) -> np.ndarray:
 def measure(pid: int, scenario: str, params: dict | None = None, windows: int = 3, window_s: float = 3.0,
             url: str | None = None, record: bool = True, concurrency: int = 4, prompt: int = 32,
             output: int = 64, settle_s: float = 0.5, log=None) -> dict:
+    """Alternate `windows` normal and fault windows of `window_s` under a closed loop; see the module doc."""
+    with tempfile.TemporaryDirectory(prefix="prism-measure-") as tmp:
+        return _measure(Path(tmp) / "t.pftrace", pid, scenario, params, windows, window_s, url, record,
+                        concurrency, prompt, output, settle_s, log)
+
+
+def _measure(trace_path: Path, pid: int, scenario: str, params: dict | None, windows: int, window_s: float,
+             url: str | None, record: bool, concurrency: int, prompt: int, output: int, settle_s: float,
+             log) -> dict:
     from ..load import closed_loop, parse_length_dist, run_load
     from . import make_scenario
     from .base import Stop, Target, close_guard, run_window
@@ -80,7 +89,6 @@ def measure(pid: int, scenario: str, params: dict | None = None, windows: int = 
             errors.append(exc)
 
     rec = None
-    trace_path = Path(tempfile.mkdtemp(prefix="prism-measure-")) / "t.pftrace"
     if record:
         from recorders.engine import Recorder
         from recorders.packs.llama_cpp import LlamaCppPack
@@ -150,8 +158,6 @@ def measure(pid: int, scenario: str, params: dict | None = None, windows: int = 
                              "normal_n": int(len(n)), "fault_n": n_f}
             out["steps_s"] = {"normal": round(len(n) / _span(normal), 1),
                               "fault": round(int(_in(ts, fault).sum()) / _span(fault), 1)}
-    trace_path.unlink(missing_ok=True)
-    trace_path.parent.rmdir()
     return out
 
 
