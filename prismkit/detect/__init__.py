@@ -16,26 +16,35 @@ sample recordings). ``prismkit.detect`` is both this package and, called, the
 """
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
-from .detector import (DetectionResult, DetectorConfig, OnlineDetector, Verdict, change_points, detect,
-                       prepare_batches)
-from .evaluate import (batch_truth, eval_table, evaluate_trace, pooled, rolling_median_baseline,
-                       ruptures_raw_baseline, score)
-from .model import WorkloadModel, holdout_split, leave_group_out, workload_groups
-
-__all__ = ["DetectionResult", "DetectorConfig", "OnlineDetector", "Verdict", "WorkloadModel", "batch_truth",
-           "change_points", "detect", "eval_table", "evaluate_trace", "holdout_split", "leave_group_out",
-           "pooled", "prepare_batches", "rolling_median_baseline", "ruptures_raw_baseline", "score",
-           "workload_groups"]
+# Imported on first use: `prism`'s argument parser imports detect.cli, and must
+# not pull in pandas and LightGBM (nor fail without them) to do so.
+_LAZY = {
+    **dict.fromkeys(["DetectionResult", "DetectorConfig", "OnlineDetector", "Verdict", "change_points", "detect",
+                     "prepare_batches"], ".detector"),
+    **dict.fromkeys(["batch_truth", "eval_table", "evaluate_trace", "pooled", "rolling_median_baseline",
+                     "ruptures_raw_baseline", "score"], ".evaluate"),
+    **dict.fromkeys(["WorkloadModel", "holdout_split", "leave_group_out", "workload_groups"], ".model"),
+}
+__all__ = sorted(_LAZY)
 
 
 class _CallableModule(types.ModuleType):
     """`prismkit.detect(...)` works even once this subpackage shadows the function on `prismkit`."""
 
-    def __call__(self, *args, **kwargs) -> DetectionResult:
-        return detect(*args, **kwargs)
+    def __call__(self, *args, **kwargs):
+        return self.detect(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, self.__name__), name)
+        setattr(self, name, value)
+        return value
 
 
 sys.modules[__name__].__class__ = _CallableModule

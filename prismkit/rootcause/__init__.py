@@ -5,8 +5,24 @@ model and SHAP attribution mapped to causes (see explain.py).
     res = explain(load_trace("x.pftrace"), labels="x.labels.jsonl")   # or anomalies=detect(...).anomalies
     res.top            # the top cause of each anomaly, with evidence and confidence
 """
-from .evaluate import evaluate_rca
-from .explain import CAUSES, Explanation, explain
-from .features import FEATURE_GROUPS, batch_features, preemptors
+from __future__ import annotations
 
-__all__ = ["CAUSES", "FEATURE_GROUPS", "Explanation", "batch_features", "evaluate_rca", "explain", "preemptors"]
+import importlib
+
+# Imported on first use: `prism`'s argument parser imports rootcause.cli, and
+# must not pull in pandas, LightGBM and SHAP to do so.
+_LAZY = {
+    "evaluate_rca": ".evaluate",
+    "CAUSES": ".explain", "Explanation": ".explain", "explain": ".explain",
+    "FEATURE_GROUPS": ".features", "batch_features": ".features", "preemptors": ".features",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prismkit.rootcause' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
