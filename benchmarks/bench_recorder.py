@@ -30,17 +30,30 @@ def throughput(url: str, seconds: float, concurrency: int, seed: int) -> float:
     return ok["output_tokens"].sum() / res.wall_s
 
 
-def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int) -> None:
+def _packs(names: str | None):
+    """The default packs, or only those named (e.g. 'llama_cpp,http')."""
+    from recorders.packs import default_packs
+
+    packs = default_packs()
+    if names:
+        wanted = set(names.split(","))
+        packs = [p for p in packs if p.name in wanted]
+    return packs
+
+
+def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int, packs: str | None = None) -> None:
     srv = LlamaServer(model=model, port=port, name="bench-overhead", n_parallel=concurrency)
     info = srv.start()
     try:
         throughput(info.url, 5, concurrency, seed=0)  # warm up
         ratios = []
-        print(f"overhead: model {model}, closed loop c={concurrency}, {seconds:.0f}s per run, {pairs} A/B pairs")
+        print(f"overhead: model {model}, closed loop c={concurrency}, {seconds:.0f}s per run, {pairs} A/B pairs, "
+              f"packs: {packs or 'all default'}")
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(pairs):
                 a = throughput(info.url, seconds, concurrency, seed=2 * i)
-                rec = Recorder(info.pid, Path(tmp) / f"b{i}.pftrace", verbose=False).start_background()
+                rec = Recorder(info.pid, Path(tmp) / f"b{i}.pftrace", packs=_packs(packs),
+                               verbose=False).start_background()
                 b = throughput(info.url, seconds, concurrency, seed=2 * i)
                 summary = rec.join()
                 ratios.append(b / a)
@@ -86,9 +99,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--port", type=int, default=8391)
+    ap.add_argument("--packs", default=None, help="comma-separated pack names to record with (default: all)")
+    ap.add_argument("--no-event-rate", action="store_true")
     args = ap.parse_args()
-    overhead(args.model, args.pairs, args.seconds, args.concurrency, args.port)
-    event_rate(min(args.seconds, 10.0), args.port + 1)
+    overhead(args.model, args.pairs, args.seconds, args.concurrency, args.port, args.packs)
+    if not args.no_event_rate:
+        event_rate(min(args.seconds, 10.0), args.port + 1)
 
 
 if __name__ == "__main__":
