@@ -15,7 +15,7 @@ from recorders.engine import Recorder
 
 from conftest import REPO
 
-pytestmark = [pytest.mark.server, pytest.mark.bpf]
+pytestmark = [pytest.mark.server, pytest.mark.bpf]  # (the fixtures enforce them)
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +93,13 @@ def test_prism_analyze_writes_report(recording, tmp_path):
     html = report.read_text()
     assert html.count("<img src=\"data:image/png;base64,") >= 3
     assert "Request waterfall" in html
+
+
+def test_prism_analyze_on_the_sample_trace(tmp_path):
+    sample = REPO / "sample_traces" / "demo_steady_bursty.pftrace"
+    report = tmp_path / "sample.html"
+    proc = subprocess.run([str(REPO / ".venv/bin/prism"), "analyze", str(sample), "-o", str(report)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Batch latency percentiles" in proc.stdout and "Where request time goes" in proc.stdout
+    assert report.read_text().count("data:image/png;base64,") >= 3
