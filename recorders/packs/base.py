@@ -6,6 +6,7 @@ probes and to register its ring buffers, and hands it the recording context.
 """
 from __future__ import annotations
 
+import ctypes as ct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -106,3 +107,20 @@ def _short(name: str) -> str:
 
 
 EventHandler = Callable[[object, int, int], None]
+
+_CT_INTS = (ct.c_uint32, ct.c_uint64, ct.c_int32, ct.c_int64, ct.c_uint, ct.c_ulong)
+
+
+def map_items(table) -> list:
+    """(key, value) pairs of a BPF map, in one batch syscall where the kernel has it.
+
+    Integer keys and values come back as Python ints either way."""
+    try:
+        pairs = list(table.items_lookup_batch())
+    except Exception:  # bcc raises plain Exception where batch ops are missing
+        pairs = list(table.items())
+    return [(_plain(k), _plain(v)) for k, v in pairs]
+
+
+def _plain(x):
+    return x.value if isinstance(x, _CT_INTS) else x

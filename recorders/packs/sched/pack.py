@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from ...target import TargetProcess
-from ..base import AttachReport, ProbePack
+from ..base import AttachReport, ProbePack, map_items
 from .tracefs import tracepoint_exists, tracepoint_struct
 
 PREEMPTED, BLOCKED = 1, 2
@@ -178,14 +178,14 @@ class SchedPack(ProbePack):
         out = {tid: dict(v) for tid, v in self._exited.items()}
         if self._bpf is None:
             return out
-        for k, v in _items(self._bpf[b"sched_threads"]):
+        for k, v in map_items(self._bpf[b"sched_threads"]):
             if not v.verified:
                 continue
             out[k] = {f: int(getattr(v, f)) for f in _THREAD_TOTALS}
             if v.exited:
                 out[k]["exited"] = 1
         if self._faults_attached:
-            for k, v in _items(self._bpf[b"sched_faults"]):
+            for k, v in map_items(self._bpf[b"sched_faults"]):
                 if k in out:
                     out[k]["faults"] = int(v)
         return out
@@ -196,7 +196,7 @@ class SchedPack(ProbePack):
             return []
         rows = [{"pid": k, "tgid": v.tgid, "comm": _comm(bytes(v.comm)), "ns": int(v.ns),
                  "slices": int(v.slices), "target": v.tgid == self._ctx.target.pid if self._ctx else False}
-                for k, v in _items(self._bpf[b"sched_preemptors"])]
+                for k, v in map_items(self._bpf[b"sched_preemptors"])]
         rows.sort(key=lambda r: -r["ns"])
         return rows
 
@@ -261,17 +261,3 @@ class SchedPack(ProbePack):
     def metadata(self) -> dict:
         return {"offcpu_events": self.events}
 
-
-def _items(table):
-    """(key, value) pairs of a BPF map, in one batch syscall where the kernel has it.
-
-    Integer keys (and integer values) come back as Python ints either way."""
-    try:
-        pairs = list(table.items_lookup_batch())
-    except Exception:
-        pairs = list(table.items())
-    return [(_plain(k), _plain(v)) for k, v in pairs]
-
-
-def _plain(x):
-    return x.value if isinstance(x, (ct.c_uint32, ct.c_uint64, ct.c_int32, ct.c_int64, ct.c_uint, ct.c_ulong)) else x

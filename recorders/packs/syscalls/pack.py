@@ -18,14 +18,13 @@ waited there, not CPU time.
 """
 from __future__ import annotations
 
-import ctypes as ct
 
 import time
 from functools import lru_cache
 from pathlib import Path
 
 from ...target import TargetProcess
-from ..base import AttachReport, ProbePack
+from ..base import AttachReport, ProbePack, map_items
 from ..sched.tracefs import tracepoint_struct
 
 TOP_N = 8
@@ -92,7 +91,7 @@ class SyscallsPack(ProbePack):
         out: dict[int, dict] = {}
         if not self._attached:
             return out
-        for k, per_cpu in _items(self._bpf[b"sys_stats"]):
+        for k, per_cpu in map_items(self._bpf[b"sys_stats"]):
             count = sum(v.count for v in per_cpu)
             if not count:
                 continue
@@ -105,7 +104,7 @@ class SyscallsPack(ProbePack):
         if not self._attached:
             return {}
         return {k: {"count": v.count, "total_ns": v.total_ns}
-                for k, v in _items(self._bpf[b"sys_threads"]) if v.count}
+                for k, v in map_items(self._bpf[b"sys_threads"]) if v.count}
 
     def _counter(self, ctx, name: str, unit: str, ts: int, value: int) -> None:
         if self._last.get(name) == value:
@@ -148,17 +147,3 @@ class SyscallsPack(ProbePack):
     def metadata(self) -> dict:
         return {"syscalls": self.total}
 
-
-def _items(table):
-    """(key, value) pairs of a BPF map, in one batch syscall where the kernel has it.
-
-    Integer keys (and integer values) come back as Python ints either way."""
-    try:
-        pairs = list(table.items_lookup_batch())
-    except Exception:
-        pairs = list(table.items())
-    return [(_plain(k), _plain(v)) for k, v in pairs]
-
-
-def _plain(x):
-    return x.value if isinstance(x, (ct.c_uint32, ct.c_uint64, ct.c_int32, ct.c_int64, ct.c_uint, ct.c_ulong)) else x
