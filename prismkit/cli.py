@@ -155,14 +155,9 @@ def _cmd_record(args: argparse.Namespace) -> int:
     check_root()  # before anything heavy: the first thing a non-root user should hear
     from recorders.engine import Recorder
 
-    pid = args.pid
-    if pid is None:
-        from .target.server import LlamaServer
+    from .target.server import default_pid
 
-        info = LlamaServer().load_state()
-        if info is None:
-            raise PrismError("no --pid given and no server started by `prism target start`")
-        pid = info.pid
+    pid = default_pid(args.pid)
     rec = Recorder(pid, args.output, duration_s=args.duration, sample_interval_s=args.sample_ms / 1000,
                    ringbuf_pages=args.ringbuf_pages, poll_interval_ms=args.poll_ms,
                    capture_paths=args.capture_paths, min_offcpu_us=args.min_offcpu_us,
@@ -249,14 +244,9 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     check_root()
     from .online.watch import WatchConfig, run_watch
 
-    pid = args.pid
-    if pid is None:
-        from .target.server import LlamaServer
+    from .target.server import default_pid
 
-        info = LlamaServer().load_state()
-        if info is None:
-            raise PrismError("no --pid given and no server started by `prism target start`")
-        pid = info.pid
+    pid = default_pid(args.pid)
     cfg = WatchConfig(pid=pid, output=args.output, model=args.model, slo_ttft_ms=args.slo_ttft,
                       slo_tpot_ms=args.slo_tpot, alerts_jsonl=args.alerts_jsonl, webhook=args.webhook,
                       prometheus_port=args.prometheus_port, warmup_s=args.warmup, follow_port=args.follow_port,

@@ -70,14 +70,9 @@ def run(args: argparse.Namespace) -> int:
     from .labels import LabelWriter
     from .schedule import Window, load_schedule, run_schedule
 
-    pid = args.pid
-    if pid is None:
-        from ..target.server import LlamaServer
+    from ..target.server import default_pid
 
-        info = LlamaServer().load_state()
-        if info is None:
-            raise PrismError("no --pid given and no server started by `prism target start`")
-        pid = info.pid
+    pid = default_pid(args.pid)
     target = Target.from_pid(pid, url=args.url)
     if args.schedule is not None:
         if args.param or args.params:

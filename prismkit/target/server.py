@@ -227,6 +227,16 @@ def _tail(path: Path, n: int = 3) -> str:
     return " | ".join(lines[-n:])
 
 
+def default_pid(pid: int | None) -> int:
+    """`pid`, or when none was given the PID of the server `prism target start` started."""
+    if pid is not None:
+        return pid
+    info = LlamaServer().load_state()
+    if info is None:
+        raise PrismError("no --pid given and no server started by `prism target start`")
+    return info.pid
+
+
 def attach_existing(url: str) -> ServerInfo:
     """Describe an already-running server at `url` (the PID is found from its port)."""
     from urllib.parse import urlparse
