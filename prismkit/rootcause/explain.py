@@ -268,11 +268,16 @@ def _causes_for(i, a, n_b, delta: dict, fa: pd.DataFrame, fb: pd.DataFrame, lat_
 
     mem_evidence = strong("major_faults_per_s", 1.0) or strong("psi_memory", 0.01)
     io_evidence = strong("psi_io", 0.01) and not mem_evidence
-    throttle_evidence = strong("throttled_share", 0.01)
+    throttle_evidence = strong("throttled_share", 0.01) or strong("throttled_periods_per_s", 0.5)
+    # group stops (all the server's threads off CPU at the same instant and back at the same instant):
+    # the process was stopped as a whole -- no page fault, I/O wait or competitor does that
+    stop_evidence = strong("stopped_ns", 1e6)
 
     # blocked time of the batch thread: a stop (stall) unless the kernel says why
     blocked = score["stall"]
-    if mem_evidence:
+    if stop_evidence:
+        pass
+    elif mem_evidence:
         score["memory_pressure"] += blocked
         score["stall"] = 0.0
     elif io_evidence:
@@ -328,9 +333,13 @@ def _causes_for(i, a, n_b, delta: dict, fa: pd.DataFrame, fb: pd.DataFrame, lat_
     # a pressure signal far outside the baseline is evidence even when the model has too few
     # batches to lean on it: a floor of 10% of the mean excess latency
     for cause, flag in (("memory_pressure", mem_evidence), ("io_contention", io_evidence),
-                        ("cpu_throttle", throttle_evidence)):
+                        ("cpu_throttle", throttle_evidence), ("stall", stop_evidence)):
         if flag:
             score[cause] = max(score[cause], 0.1 * lat_excess_mean)
+    # a group stop is measured directly: the stopped ns per batch beyond the baseline are the stall's,
+    # whatever share of them the model placed elsewhere
+    if stop_evidence:
+        score["stall"] = max(score["stall"], min(mv["stopped_ns"][0] - mv["stopped_ns"][1], lat_excess_mean))
 
     total_pos = sum(max(v, 0) for v in score.values())
     lat_excess = max(lat_a - lat_base, 0.0)

@@ -42,6 +42,8 @@ FEATURE_GROUPS = {
     "throttled_share": "cpu_throttle",
     "main_blocked_ns": "stall",
     "wake_wait_ns": "stall",
+    "stopped_ns": "stall",
+    "throttled_periods_per_s": "cpu_throttle",
     "major_faults_per_s": "memory_pressure",
     "minor_faults_per_s": "memory_pressure",
     "psi_memory": "memory_pressure",
@@ -119,6 +121,48 @@ def _rate_per_sample(c: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return ts, c["value"].to_numpy(dtype=np.float64) * 1000.0 / np.maximum(period, 1.0)   # us -> share of time
 
 
+def group_stops(sched: pd.DataFrame, pid: int, tol_ns: int = 2_000_000, min_frac: float = 0.6,
+                min_ns: int = 1_000_000) -> np.ndarray:
+    """[(start, end)] of the server's *group stops*: intervals in which (nearly) all its threads went off
+    CPU at the same instant and came back at the same instant.
+
+    A process-wide stop (SIGSTOP, the cgroup freezer, a ptrace stop, a VM pause seen from inside) wakes
+    every thread, even those sleeping in futex or poll, to take the stop, and SIGCONT wakes them all
+    again; each thread's scheduler record therefore shows a slice that starts within a few us of the
+    others' and ends within a few us of theirs. Ordinary waits never do that: a broadcast wake-up
+    makes slices *end* together, but they began at different times; blocking on a page fault or on I/O
+    is one thread at a time. A group stop is at least max(3, min_frac x threads) distinct threads whose
+    off-CPU slices start within tol_ns of the first and end within tol_ns of their median end, and
+    last at least min_ns.
+    """
+    if sched is None or sched.empty:
+        return np.zeros((0, 2), dtype=np.int64)
+    s = sched[(sched["pid"].to_numpy(dtype=np.float64, na_value=np.nan) == pid)]
+    if s.empty:
+        return np.zeros((0, 2), dtype=np.int64)
+    need = max(3, int(np.ceil(min_frac * s["tid"].nunique())))
+    ts = s["ts"].to_numpy(dtype=np.int64)
+    te = ts + np.maximum(s["dur"].to_numpy(dtype=np.int64), 0)
+    tid = s["tid"].to_numpy(dtype=np.int64)
+    o = np.argsort(ts, kind="stable")
+    ts, te, tid = ts[o], te[o], tid[o]
+    # candidate starts: where `need` slices start within tol_ns (vectorised); then check the ends
+    j_all = np.searchsorted(ts, ts + tol_ns, side="right")
+    cand = np.flatnonzero(j_all - np.arange(len(ts)) >= need)
+    out, i_next = [], 0
+    for i in cand:
+        if i < i_next:
+            continue
+        j = j_all[i]
+        e = te[i:j]
+        med = int(np.median(e))
+        ok = np.abs(e - med) <= tol_ns
+        if len(np.unique(tid[i:j][ok])) >= need and med - ts[i] >= min_ns:
+            out.append((int(ts[i]), med))
+            i_next = j
+    return np.asarray(out, dtype=np.int64).reshape(-1, 2)
+
+
 def server_tids(trace, pid: int) -> set[int]:
     """Thread ids of the server process seen anywhere in the trace (cached on the trace)."""
     cache = trace.__dict__.setdefault("_rootcause_tids", {})
@@ -190,14 +234,16 @@ def batch_features(trace, per_batch: pd.DataFrame | None = None) -> pd.DataFrame
         # stopped) it is the wakeup delay of that block
         out["runq_wait_ns"] = count_in(se[pre], w0, w1, rq[pre])
         out["wake_wait_ns"] = count_in(se[blk & main], w0, w1, rq[blk & main])
+        gs = group_stops(s, pid)
+        out["stopped_ns"] = interval_overlap(gs[:, 0], gs[:, 1], w0, w1)
         cpu = s["cpu"].to_numpy(dtype=np.float64, na_value=-1)
         out["n_cpus"] = 0.0
         for c in np.unique(cpu[cpu >= 0]):   # a handful of CPUs: one vectorised pass each
             m = cpu == c
             out["n_cpus"] += (count_in(ss[m], w0, w1) > 0).astype(float)
     else:
-        for c in ("preempted_other_ns", "preempted_self_ns", "preempted_idle_ns", "blocked_ns", "main_blocked_ns",
-                  "n_preempt_other", "runq_wait_ns", "wake_wait_ns", "n_cpus"):
+        for c in ("preempted_other_ns", "preempted_self_ns", "preempted_idle_ns", "engine_blocked_ns",
+                  "main_blocked_ns", "n_preempt_other", "runq_wait_ns", "wake_wait_ns", "stopped_ns", "n_cpus"):
             out[c] = 0.0
     out["main_oncpu_ns"] = np.maximum(out["latency_ns"] - out["offcpu_preempted_ns"] - out["offcpu_blocked_ns"], 0)
 
@@ -216,6 +262,7 @@ def batch_features(trace, per_batch: pd.DataFrame | None = None) -> pd.DataFrame
     out["major_faults"] = delta("faults.major")
     out["minor_faults"] = delta("faults.minor")
     out["throttled_ns"] = delta("cgroup.throttled_ns")
+    out["throttled_periods"] = delta("cgroup.nr_throttled")
     for res in ("cpu", "memory", "io"):
         ts, v = _rate_per_sample(cn[names == f"psi.{res}.some.stall_us"])
         if len(ts) == 0:
@@ -241,6 +288,7 @@ def batch_features(trace, per_batch: pd.DataFrame | None = None) -> pd.DataFrame
     out["major_faults_per_s"] = out["major_faults"] * 1e9 / win
     out["minor_faults_per_s"] = out["minor_faults"] * 1e9 / win
     out["throttled_share"] = out["throttled_ns"] / win
+    out["throttled_periods_per_s"] = out["throttled_periods"] * 1e9 / win
     out["io_syscall_share"] = out["io_syscall_ns"] / win
     out["syscall_share"] = out["syscall_ns"] / win
     return out
