@@ -96,6 +96,20 @@ def _macro(key: str) -> str:
     return "PY_OFF_" + re.sub(r"[^A-Za-z0-9]", "_", key).upper()
 
 
+def interp_defines(it: Interpreter) -> str:
+    """The PY_* constants (version, _PyRuntime, offsets, type addresses) BPF programs read `it` with."""
+    lines = [f"#define PY_MINOR {it.minor}", f"#define PY_RUNTIME_ADDR {it.runtime:#x}ull"]
+    for key, value in sorted(it.offsets.items()):
+        if key.startswith(("TPFLAGS_", "FRAME_OWNED_BY_CSTACK")):
+            lines.append(f"#define PY_{key} {value}")
+        elif key != "sizeof.PyObject":
+            lines.append(f"#define {_macro(key)} {value}")
+    for sym, macro in (("PyLong_Type", "LONG"), ("PyBool_Type", "BOOL"), ("PyList_Type", "LIST"),
+                       ("PyTuple_Type", "TUPLE"), ("PyDict_Type", "DICT"), ("PyUnicode_Type", "UNICODE")):
+        lines.append(f"#define PY_TYPE_{macro} {it.types.get(sym, 1):#x}ull")
+    return "\n".join(lines) + "\n"
+
+
 class PythonPack(ProbePack):
     name = "python"
     bpf_file = Path(__file__).with_name("python.bpf.c")
@@ -128,20 +142,9 @@ class PythonPack(ProbePack):
         return self._strings.index(s)
 
     def bpf_text(self, target: TargetProcess, options: dict) -> str:
-        it = self.interp
-        assert it is not None
-        off = it.offsets
-        lines = [f"#define PY_MINOR {it.minor}", f"#define PY_RUNTIME_ADDR {it.runtime:#x}ull",
-                 f"#define PY_NSPECS {len(self.specs)}"]
-        for key, value in sorted(off.items()):
-            if key.startswith(("TPFLAGS_", "FRAME_OWNED_BY_CSTACK")):
-                lines.append(f"#define PY_{key} {value}")
-            elif key != "sizeof.PyObject":
-                lines.append(f"#define {_macro(key)} {value}")
-        for sym, macro in (("PyLong_Type", "LONG"), ("PyBool_Type", "BOOL"), ("PyList_Type", "LIST"),
-                           ("PyTuple_Type", "TUPLE"), ("PyDict_Type", "DICT"), ("PyUnicode_Type", "UNICODE")):
-            lines.append(f"#define PY_TYPE_{macro} {it.types.get(sym, 1):#x}ull")
-        return core_text() + "\n" + "\n".join(lines) + "\n" + self.bpf_file.read_text()
+        assert self.interp is not None
+        return (core_text() + "\n" + interp_defines(self.interp) + f"#define PY_NSPECS {len(self.specs)}\n"
+                + self.bpf_file.read_text())
 
     def attach(self, bpf, target: TargetProcess, report: AttachReport) -> None:
         from bcc import BPF
