@@ -236,6 +236,27 @@ def _window_z(fa: pd.DataFrame, fb: pd.DataFrame, cols) -> dict:
     return dict(zip(cols, zz))
 
 
+# features measured in ns of the batch window, and shares of the window's time: the SHAP credit of such a
+# feature cannot exceed what it measured (a feature that rose by 10 ms per batch cannot account for 50 ms)
+_NS_FEATURES = {"preempted_other_ns", "preempted_self_ns", "preempted_idle_ns", "main_blocked_ns", "runq_wait_ns",
+                "wake_wait_ns", "stopped_ns"}
+_SHARE_FEATURES = {"psi_cpu", "psi_memory", "psi_io", "throttled_share", "io_syscall_share", "syscall_share",
+                   "runq_share"}
+
+
+def _measured_bound(name: str, mv: dict, lat_mean: float) -> float:
+    """Most ns per batch a feature can account for: its measured rise (ns features) or its rise in share of
+    the time x the anomaly's mean batch latency (share features); unbounded for counts and the workload."""
+    if name not in mv:
+        return np.inf
+    a, b = mv[name]
+    if name in _NS_FEATURES:
+        return max(a - b, 0.0)
+    if name in _SHARE_FEATURES:
+        return max(a - b, 0.0) * lat_mean
+    return np.inf
+
+
 def _rel(a: float, b: float) -> float:
     return (a - b) / max(abs(b), 1e-9)
 
@@ -257,10 +278,11 @@ def _causes_for(i, a, n_b, delta: dict, fa: pd.DataFrame, fb: pd.DataFrame, lat_
     # a feature (workload included) that moved no more than it does by chance cannot be the cause,
     # however much the model leans on it
     score = {c: 0.0 for c in CAUSES}
+    lat_mean = mv["latency_ns"][0]
     for nm, d in delta.items():
         w = float(np.clip(z.get(nm, 0.0) / 2.0, 0.0, 1.0))
+        d = min(d, _measured_bound(nm, mv, lat_mean))
         score[FEATURE_GROUPS.get(nm, "unknown")] += d * w if d > 0 else 0.0
-    lat_mean = mv["latency_ns"][0]
     lat_excess_mean = max(lat_mean - mv["latency_ns"][1], 0.0)
 
     def strong(col, min_delta):
