@@ -146,7 +146,30 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
                         "(preemptions by other processes are always written); 0 writes all")
     p.add_argument("--capture-paths", action="store_true",
                    help="also record each request's HTTP path (off by default: sizes and timings only)")
+    g = p.add_argument_group("exact Python function boundaries (CPython 3.12+; a runtime change, "
+                             "see docs/python-monitor.md)")
+    g.add_argument("--py-function", action="append", default=[], metavar="QUALNAME",
+                   help="a slice per call of this function (e.g. Worker.generate or module:Worker.generate); repeatable")
+    g.add_argument("--py-step", metavar="QUALNAME", help="the engine-step function: one batch per call")
+    g.add_argument("--py-step-arg", action="append", default=[], metavar="COLUMN=ARG",
+                   help="a batch column from the step's argument: n_seqs=len(batch), n_tokens=n_tokens; repeatable")
+    g.add_argument("--py-keep-monitor", action="store_true",
+                   help="leave sys.monitoring on after the recording (default: removed; `prism python-monitor remove`)")
     p.add_argument("--quiet", action="store_true")
+
+
+def _py_monitor_pack(args: argparse.Namespace):
+    if not (args.py_function or args.py_step or args.py_step_arg):
+        return None
+    from recorders.packs.pymonitor import PyMonitorPack
+
+    step_args = []
+    for item in args.py_step_arg:
+        column, sep, expr = item.partition("=")
+        if not sep:
+            raise PrismError(f"--py-step-arg {item!r}: expected COLUMN=ARG or COLUMN=len(ARG)")
+        step_args.append((column.strip(), expr))
+    return PyMonitorPack(args.py_function, step=args.py_step, step_args=step_args, keep=args.py_keep_monitor)
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -158,12 +181,50 @@ def _cmd_record(args: argparse.Namespace) -> int:
     from .target.server import default_pid
 
     pid = default_pid(args.pid)
-    rec = Recorder(pid, args.output, duration_s=args.duration, sample_interval_s=args.sample_ms / 1000,
+    packs = None
+    monitor = _py_monitor_pack(args)
+    if monitor is not None:
+        from recorders.packs import default_packs
+
+        packs = default_packs() + [monitor]
+    rec = Recorder(pid, args.output, duration_s=args.duration, sample_interval_s=args.sample_ms / 1000, packs=packs,
                    ringbuf_pages=args.ringbuf_pages, poll_interval_ms=args.poll_ms,
                    capture_paths=args.capture_paths, min_offcpu_us=args.min_offcpu_us,
                    verbose=not args.quiet)
     summary = rec.run()
     print(f"trace: {summary.path}  (open it in https://ui.perfetto.dev)")
+    return 0
+
+
+def _add_python_monitor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("python-monitor", help="switch exact Python function boundaries (sys.monitoring, 3.12+) "
+                                              "on or off in a running process")
+    msub = p.add_subparsers(dest="action", required=True)
+    a = msub.add_parser("add", help="turn on PY_START/PY_RETURN events for the named functions (a runtime change)")
+    a.add_argument("--pid", type=int, required=True)
+    a.add_argument("functions", nargs="+", metavar="QUALNAME")
+    r = msub.add_parser("remove", help="turn prismkit's sys.monitoring tool off again")
+    r.add_argument("--pid", type=int, required=True)
+    for q in (a, r):
+        q.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the main thread to run it")
+
+
+def _cmd_python_monitor(args: argparse.Namespace) -> int:
+    from .preflight import check_root
+
+    check_root()
+    from recorders.packs.pymonitor import inject
+
+    if args.action == "add":
+        st = inject.enable(args.pid, args.functions, args.timeout)
+        for c in st["codes"]:
+            print(f"on: {c['qualname']} ({c['file']}:{c['line']}) code {c['addr']:#x}")
+        print(f"PID {args.pid}: sys.monitoring tool {st['tool']} ({inject.TOOL_NAME}) on {len(st['codes'])} code "
+              f"object(s); `prism python-monitor remove --pid {args.pid}` turns it off")
+    else:
+        st = inject.disable(args.pid, args.timeout)
+        print(f"PID {args.pid}: " + (f"sys.monitoring tool {', '.join(map(str, st['removed_tools']))} removed"
+                                      if st["removed_tools"] else "prismkit's sys.monitoring tool was not on"))
     return 0
 
 
@@ -293,6 +354,7 @@ COMMANDS = {"target": (_add_target, _cmd_target), "load": (_add_load, _cmd_load)
             "demo": (_add_demo, _cmd_demo), "inject": (_add_inject, _cmd_inject),
             "watch": (_add_watch, _cmd_watch)}
 
+COMMANDS["python-monitor"] = (_add_python_monitor, _cmd_python_monitor)
 COMMANDS["explain"] = (_add_explain, _cmd_explain)
 COMMANDS["eval"] = (_add_eval, _cmd_eval)
 
