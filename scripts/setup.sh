@@ -17,7 +17,7 @@ fi
 
 # --- Debian packages -------------------------------------------------------
 need=()
-for p in bpfcc-tools python3-bpfcc libbpfcc cmake g++ make; do
+for p in bpfcc-tools python3-bpfcc libbpfcc cmake g++ make gdb; do  # gdb: prism python-monitor
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
