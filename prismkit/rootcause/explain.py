@@ -22,15 +22,46 @@ Method
    use the physical meaning of the evidence:
    - time preempted by another process (and run-queue waits) -> cpu_contention;
    - time preempted with the CPU going idle, cgroup throttled ns -> cpu_throttle;
-   - the batch thread blocked inside its batch -> stall, unless major faults or
-     memory pressure rose with it (-> memory_pressure) or I/O pressure rose
-     (-> io_contention);
+   - group stops -> stall, always: intervals in which (nearly) all of the
+     server's threads, idle ones included, went off CPU at the same instant and
+     came back at the same instant (features.group_stops). Only a process-wide
+     stop does that (SIGSTOP/SIGCONT, the cgroup freezer, a ptrace stop): every
+     thread is woken to take the stop and woken again by the continue. Page
+     faults and I/O block one thread at a time, and a broadcast wake-up makes
+     slices end together but not start together. The stopped ns per batch
+     beyond the baseline are the stall's even where the model put them on
+     another feature, and a stop keeps the batch thread's blocked time as stall
+     whatever the fault / I/O counters do;
+   - otherwise the batch thread blocked inside its batch -> stall, unless major
+     faults or memory pressure rose with it (-> memory_pressure) or I/O
+     pressure rose (-> io_contention);
+   - cgroup throttled ns or throttled periods (cgroup.nr_throttled) rising
+     -> cpu_throttle: the kernel's own account of the quota running out; a
+     throttled thread leaves the CPU runnable, so its throttled time appears
+     as 'preempted by another process' and is moved from cpu_contention;
    - PSI memory / major faults -> memory_pressure; PSI io / io syscalls -> io_contention;
    - a slowdown the model cannot place on any off-CPU feature, with the work
      unchanged and the batch thread on CPU longer per token -> memory_bandwidth;
    - workload columns -> workload.
    A cause whose pressure signal moved strongly against the baseline but whose
    SHAP share is small still appears (lower ranks) with its evidence.
+5. Each feature's SHAP delta counts in proportion to how clearly it moved
+   (z of the anomaly's mean against baseline windows of as many batches, z / 2
+   capped at 1) and never for more than it measured: a feature in ns of the
+   batch window (preempted, blocked, stopped, run-queue wait) for at most its
+   rise per batch; a share of time (PSI, throttled share, syscall share) for
+   at most its rise x the anomaly's mean batch latency. A model leaning on a
+   feature that moved 0.2% of the time cannot make it explain a 25% slowdown.
+
+Known limits (measured on the sample recordings, a shared 2-core machine):
+memory_bandwidth injected with workers pinned to the server's CPUs and not
+SCHED_IDLE takes CPU time from the server like cpu_contention; without PMU
+counters (IPC, LLC misses, memory bandwidth) the only trace of the streaming is
+a rise of the server's on-CPU time per unit of work, which the recordings show
+in some windows and not in others -- those read as cpu_contention here. And
+on a machine whose background load changes by itself, a window's extra
+preemption by long-running neighbours is ranked as cpu_contention whatever
+was injected alongside it.
 """
 from __future__ import annotations
 

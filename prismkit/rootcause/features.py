@@ -15,6 +15,10 @@ Every system feature is measured over the batch's step window [ts, ts + window_n
 - per-sample gauges (PSI stall us per sample, run-queue share, CPU share):
   the sample that covers the batch (the first sample at or after its start).
 
+- group stops (``group_stops``): the part of each window in which all the server's threads were
+  stopped together (SIGSTOP, freezer), found from simultaneous starts *and* ends of their off-CPU slices;
+- throttled periods: the rise of ``cgroup.nr_throttled`` (periods in which the CPU quota ran out), per second.
+
 Feature groups (``FEATURE_GROUPS``) tie each feature to the cause vocabulary
 used by :mod:`prismkit.rootcause.explain`.
 """
