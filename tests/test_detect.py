@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO, require
 from prismkit.detect import (DetectorConfig, OnlineDetector, WorkloadModel, detect, evaluate_trace,
                              holdout_split)
+from prismkit.detect.model import leave_group_out, ubatch_sizes
 from prismkit.detect.scenarios import read_labels
 from prismkit.trace import load_trace
 
@@ -67,6 +68,33 @@ def test_model_mape_on_held_out_batches(baseline):
     assert np.median(m.predict(pre)) > 20 * np.median(m.predict(dec))
 
 
+def test_model_extrapolates_to_held_out_workload_groups(baseline):
+    """Issue 5: fitted without a whole workload group (phase x batch-size bin), the model predicts it.
+
+    Measured here on the real baseline recording: each group with enough batches is held out in turn.
+    """
+    t = leave_group_out(baseline)
+    groups = t.drop(index="all")
+    assert len(groups) >= 3 and {"decode/1", "decode/2", "decode/3-4"} <= set(groups.index), t
+    assert t.loc["all", "mape"] <= 0.05, t
+    assert ((groups["median_ratio"] - 1).abs() < 0.05).all(), t
+    assert (groups["mape"] < 0.08).all(), t
+
+
+def test_ubatch_sizes_follow_llama_cpp_split():
+    # slots {0, 2, 3} decoding: consecutive sequence ids only -> passes of 1 and 2 tokens
+    assert ubatch_sizes(3, 3, 0, 3, seq_mask=0b1101, prefill_mask=0) == (1, 2)
+    assert ubatch_sizes(4, 4, 0, 4, seq_mask=0b1111, prefill_mask=0) == (4,)
+    # a prompt beside decoding sequences: one token of each, then the rest of the prompt (the server
+    # queues decode tokens first, so a prompt in slot 0 does not follow slot 3's id)
+    assert ubatch_sizes(21, 4, 18, 3, seq_mask=0b1111, prefill_mask=0b1000) == (4, 17)
+    assert ubatch_sizes(21, 4, 18, 3, seq_mask=0b1111, prefill_mask=0b0001) == (3, 18)
+    # a long prompt alone: n_ubatch tokens a pass; without composition columns: one sequence
+    assert ubatch_sizes(1200, 1, 1200, 0, seq_mask=1, prefill_mask=1) == (512, 512, 176)
+    assert ubatch_sizes(700) == (512, 188)
+    assert ubatch_sizes(0) == ()
+
+
 def test_model_serves_later_recordings(model, traces):
     """Fitted on the baseline recording, it predicts the normal batches of the other recordings."""
     for name, (b, labels) in traces.items():
@@ -95,6 +123,17 @@ def test_save_load_round_trips_predictions_exactly(model, traces, tmp_path):
     assert back.calibration_ == model.calibration_
     rows = b.head(50).to_dict("records")
     assert [back.predict_one(r) for r in rows] == list(model.predict(b.head(50)))
+
+
+def test_load_rejects_an_old_format_with_one_clear_line(model, tmp_path):
+    import json
+
+    path = model.save(tmp_path / "m.json")
+    doc = json.loads(path.read_text())
+    doc["version"] = 1
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="format version 1.*refit"):
+        WorkloadModel.load(path)
 
 
 # -- the detector ----------------------------------------------------------------------------------

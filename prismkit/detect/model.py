@@ -10,11 +10,22 @@ Features come from the workload columns of the batches table only
 whichever are present at fit time) plus derived terms after LatencyPrism:
 decode x context (``n_decode_tokens * kv_tokens``), prefill x context and
 prefill x tokens x context (attention over the prompt), context per sequence.
-The regressor is LightGBM on log(dur) (latencies span three orders of
-magnitude between a one-token decode and a long prefill; the log makes the
-loss relative) with an L1 loss, so that the occasional preempted batch in the
-baseline does not pull the expectation up, and monotone constraints (more
-tokens or more context never predicts less time).
+Under the trees sits a physical cost model (the *base*), fitted first with a
+robust (soft-L1) non-negative least squares on relative error: llama.cpp runs
+a batch as micro-batches over consecutive sequence ids (``ubatch_sizes``),
+each a full pass over the weights costing ``one_token_pass`` for one token
+(matrix-vector kernels) or ``pass_fixed + max(pass_floor, per_token * m)``
+for m tokens (weights streamed once, or compute-bound), plus attention:
+``per_ctx * kv_tokens + prefill_x_ctx * n_prefill_tokens * kv_tokens``. The
+base is what extrapolates to batch sizes and contexts the baseline did not
+run. The regressor is LightGBM on log(dur) with log(base) as the starting
+point (latencies span three orders of magnitude between a one-token decode
+and a long prefill; the log makes the loss relative), with a Huber loss, so
+that the occasional preempted batch in the baseline does not pull the
+expectation up, and monotone constraints (more tokens or more context never
+predicts less time). Trees do not extrapolate: a batch whose shape (phase x
+token count) the baseline ran fewer than ``min_support`` times gets
+proportionally less of the trees' correction, none for a shape never seen.
 
 The model also keeps the *control limits* the detector uses: fitting runs a
 K-fold cross-fit on the baseline, and the out-of-fold relative errors
@@ -23,12 +34,15 @@ one-sided relative error (LatencyPrism's mean + k sigma rule) and a few high
 quantiles. Out-of-fold, because in-sample residuals of boosted trees are too
 optimistic to set a limit from.
 
-Saved as one JSON file: metadata, calibration and the LightGBM text model;
-predictions after load are bit-identical.
+Saved as one JSON file (format version 2): metadata, calibration, the base's
+parameters, the trees' support and the LightGBM text model; predictions after
+load are bit-identical. Version-1 files (linear base) are refused with a
+one-line message: refit them.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -50,16 +64,21 @@ DERIVED = {
     "seq_runs": (("seq_mask",), lambda d: _runs(d["seq_mask"])),
 }
 # Optional composition columns used when present (more columns of the batches table).
-EXTRA_COLUMNS = ["seq_mask"]
-# The linear cost model under the trees (non-negative coefficients, raw scale): it carries the
-# model where the baseline has few batches (long prefills), the trees learn the rest.
-BASE_TERMS = ["n_tokens", "n_seqs", "n_prefill_tokens", "n_decode_tokens", "prefill_x_ctx", "decode_x_ctx"]
+EXTRA_COLUMNS = ["seq_mask", "prefill_mask"]
+# Columns only the cost base reads (not tree features).
+BASE_ONLY = {"prefill_mask"}
+# The physical cost base under the trees, see ubatch_sizes() and WorkloadModel._base():
+# sum over the batch's micro-batches of pass(m) + per_ctx * kv_tokens + prefill_x_ctx * n_prefill_tokens * kv_tokens,
+# pass(1) = one_token_pass, pass(m >= 2) = pass_fixed + max(pass_floor, per_token * m).
+BASE_PARAMS = ["pass_fixed", "pass_floor", "per_token", "one_token_pass", "per_ctx", "prefill_x_ctx"]
+N_UBATCH = 512          # llama.cpp's default micro-batch size (-ub)
 # Latency never decreases with these (monotone constraint +1); 0 for the others.
 MONOTONE = {"n_tokens", "n_prefill_tokens", "n_decode_tokens", "kv_tokens", "decode_x_ctx", "prefill_x_ctx",
             "prefill_x_tokens_x_ctx", "tokens_x_ctx"}
 SIZE_BINS = [0, 1, 2, 4, 16, 64, 256, 1024, np.inf]
 SIZE_LABELS = ["1", "2", "3-4", "5-16", "17-64", "65-256", "257-1024", ">1024"]
 FORMAT = "prismkit.workload_model"
+FORMAT_VERSION = 2
 
 
 def _batches_of(obj) -> pd.DataFrame:
@@ -70,6 +89,105 @@ def _runs(mask: np.ndarray) -> np.ndarray:
     m = np.nan_to_num(mask, nan=0).astype(np.int64)
     starts = m & ~(m << 1)
     return np.array([bin(int(x)).count("1") for x in starts], dtype=np.float64)
+
+
+def _num(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _chunks(n: int, size: int) -> tuple[int, ...]:
+    return tuple([size] * (n // size) + ([n % size] if n % size else []))
+
+
+def ubatch_sizes(n_tokens, n_seqs=None, n_prefill=None, n_decode=None, seq_mask=None, prefill_mask=None,
+                 n_ubatch: int = N_UBATCH) -> tuple[int, ...]:
+    """Token counts of the micro-batches (ubatches) llama.cpp runs one batch as; each is a full graph pass.
+
+    With one KV stream per sequence (llama-server's default), llama.cpp splits
+    a batch "equally" over *consecutive* sequence ids: a micro-batch takes the
+    same number of tokens from each sequence of a run of consecutive slots
+    (one token each while a decoding sequence is in it), so slots {0, 2, 3}
+    decode as passes of 1 and 2 tokens, and a prompt beside decoding
+    sequences runs as one pass of one token per sequence, then a pass with
+    the rest of the prompt (at most `n_ubatch` tokens a pass). The server
+    queues the decoding sequences' tokens first, then the prompts'.
+    Sequences are read from ``seq_mask`` / ``prefill_mask`` (bit i = slot i)
+    when they agree with the counts, else taken as consecutive; without
+    ``n_prefill_tokens``/``n_decode_tokens`` the batch is one sequence.
+    """
+    nt = _num(n_tokens)
+    if not nt or nt <= 0:
+        return ()
+    npf, ndc = _num(n_prefill), _num(n_decode)
+    if npf is None or ndc is None:
+        return _chunks(int(nt), n_ubatch)
+    npf, ndc = max(int(npf), 0), max(int(ndc), 0)
+    ns = _num(n_seqs)
+    sm, pm = _num(seq_mask), _num(prefill_mask)
+    ids = [i for i in range(64) if int(sm) >> i & 1] if sm and sm > 0 else []
+    dec: list[int] = []
+    pre: list[int] = []
+    if ids and (ns is None or len(ids) == int(ns)):
+        pre = [i for i in ids if pm and pm > 0 and int(pm) >> i & 1]
+        dec = [i for i in ids if i not in pre]
+        if len(dec) != ndc or bool(pre) != (npf > 0):
+            ids = []
+    if not ids:
+        nseq = max(int(ns or 1), 1)
+        nd = min(ndc, nseq) if ndc else 0
+        npre = max(nseq - nd, 1) if npf else 0
+        dec, pre = list(range(nd or (1 if ndc else 0))), list(range(nd, nd + npre))
+    toks: dict[int, int] = {}
+    for seqs, n in ((dec, ndc), (pre, npf)):
+        if seqs and n > 0:
+            q, r = divmod(n, len(seqs))
+            for j, i in enumerate(seqs):
+                toks[i] = toks.get(i, 0) + q + (1 if j < r else 0)
+    toks = {i: t for i, t in toks.items() if t > 0}
+    order = list(dict.fromkeys(dec + pre))
+    out = []
+    while toks and len(out) < 4096:
+        cur, last = [], None
+        for i in order:
+            if i in toks and (last is None or i == last + 1):
+                cur.append(i)
+                last = i
+        k = max(1, min(min(toks[i] for i in cur), n_ubatch // len(cur)))
+        out.append(k * len(cur))
+        for i in cur:
+            toks[i] -= k
+            if toks[i] <= 0:
+                del toks[i]
+    return tuple(out)
+
+
+UBATCH_INPUTS = ["n_tokens", "n_seqs", "n_prefill_tokens", "n_decode_tokens", "seq_mask", "prefill_mask"]
+
+
+def ubatch_matrix(batches: pd.DataFrame, columns: list[str], n_ubatch: int = N_UBATCH) -> np.ndarray:
+    """ubatch_sizes of every batch, as rows of a float64 matrix padded with zeros."""
+    n = len(batches)
+    cols = [c for c in UBATCH_INPUTS if c in columns]
+    vals = {c: pd.to_numeric(batches[c], errors="coerce").to_numpy(np.float64) if c in cols else np.full(n, np.nan)
+            for c in UBATCH_INPUTS}
+    keys = list(zip(*(vals[c] for c in UBATCH_INPUTS)))
+    sizes: dict = {}
+    rows = []
+    for k in keys:
+        kk = tuple(None if x != x else x for x in k)   # NaN -> None: one dict key for all missing values
+        u = sizes.get(kk)
+        if u is None:
+            u = sizes[kk] = ubatch_sizes(*kk, n_ubatch=n_ubatch)
+        rows.append(u)
+    width = max([len(r) for r in rows] + [1])
+    U = np.zeros((n, width))
+    for j, r in enumerate(rows):
+        U[j, :len(r)] = r
+    return U
 
 
 def workload_columns(batches: pd.DataFrame, extra: bool = True) -> list[str]:
@@ -89,6 +207,8 @@ def workload_features(batches: pd.DataFrame, columns: list[str], history: bool =
         raise ValueError(f"batches lack workload columns {missing} the model was fitted with")
     d = {}
     for c in columns:
+        if c in BASE_ONLY:
+            continue
         if c == "phase":
             d["phase"] = phase_codes(batches["phase"])
         else:
@@ -155,6 +275,22 @@ def error_table(observed: np.ndarray, expected: np.ndarray, groups: pd.Series | 
     return out
 
 
+def _shape_bin(n: float) -> str:
+    if not n == n or n <= 0:
+        return "-"
+    return str(int(n)) if n <= 8 else f"2^{math.ceil(math.log2(n))}"
+
+
+def shape_keys(X: np.ndarray, features: list[str]) -> list[str] | None:
+    """The batch shape the trees' support is counted by: phase code and token count (exact up to 8,
+    then by powers of two), from feature rows; None without an n_tokens feature."""
+    if "n_tokens" not in features:
+        return None
+    nt = X[:, features.index("n_tokens")]
+    ph = X[:, features.index("phase")] if "phase" in features else np.zeros(len(X))
+    return [f"{int(p) if p == p else -1}:{_shape_bin(n)}" for p, n in zip(ph.tolist(), nt.tolist())]
+
+
 class WorkloadModel:
     """Expected batch latency (ns) from workload columns; fit/predict like scikit-learn.
 
@@ -162,13 +298,16 @@ class WorkloadModel:
     at fit), `log_target` (fit log(dur); default True), `objective` (LightGBM
     objective on the target; default 'l1'), `n_estimators`, `learning_rate`,
     `num_leaves`, `min_child_samples`, `monotone` (monotone constraints),
-    `cv_folds` (folds of the cross-fit that sets the control limits), `seed`.
+    `cv_folds` (folds of the cross-fit that sets the control limits), `seed`,
+    `n_ubatch` (the server's micro-batch size, llama.cpp's -ub), `min_support`
+    (training batches of a shape for the trees' full correction; 0: always full).
     """
 
     def __init__(self, columns: list[str] | None = None, log_target: bool = True, objective: str = "huber",
                  n_estimators: int = 200, learning_rate: float = 0.05, num_leaves: int = 15,
                  min_child_samples: int = 5, monotone: bool = True, cv_folds: int = 5, seed: int = 0,
-                 huber_alpha: float = 0.05, history: bool = False) -> None:
+                 huber_alpha: float = 0.05, history: bool = False, n_ubatch: int = N_UBATCH,
+                 min_support: int = 10) -> None:
         self.columns = list(columns) if columns is not None else None
         self.log_target = log_target
         self.objective = objective
@@ -181,7 +320,10 @@ class WorkloadModel:
         self.seed = seed
         self.huber_alpha = huber_alpha
         self.history = history
+        self.n_ubatch = n_ubatch
+        self.min_support = min_support
         self.booster_ = None
+        self.support_: dict = {}
         self.base_coef_: np.ndarray | None = None
         self.columns_: list[str] | None = None
         self.features_: list[str] | None = None
@@ -200,51 +342,91 @@ class WorkloadModel:
             p["monotone_constraints_method"] = "advanced"
         return p
 
-    def _base_design(self, X: pd.DataFrame) -> np.ndarray:
-        terms = [t for t in BASE_TERMS if t in X.columns]
-        return np.column_stack([np.ones(len(X))] + [X[t].to_numpy(np.float64) for t in terms])
+    # -- the cost base ------------------------------------------------------------
+    def base_inputs(self, batches: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What the cost base reads: (ubatch matrix, kv_tokens, n_prefill_tokens * kv_tokens), NaN as 0."""
+        b, cols = batches, self.columns_
+        n = len(b)
 
-    def _base_terms(self, features: list[str]) -> list[str]:
-        return [t for t in BASE_TERMS if t in features]
+        def col(c):
+            if c not in cols or c not in b.columns:
+                return np.zeros(n)
+            return np.nan_to_num(pd.to_numeric(b[c], errors="coerce").to_numpy(np.float64), nan=0.0)
 
-    def _fit_base(self, X: pd.DataFrame, dur: np.ndarray) -> np.ndarray:
-        """Non-negative least squares on relative error, twice (the second without outliers)."""
-        from scipy.optimize import nnls
+        kv = col("kv_tokens")
+        return ubatch_matrix(b, cols, self.n_ubatch), kv, col("n_prefill_tokens") * kv
 
-        A = self._base_design(X)
-        keep = np.ones(len(dur), dtype=bool)
-        coef = np.zeros(A.shape[1])
-        for _ in range(2):
-            w = 1.0 / dur[keep]
-            scale = np.maximum(np.abs(A[keep] * w[:, None]).max(axis=0), 1e-12)
-            c, _ = nnls(A[keep] * w[:, None] / scale, np.ones(keep.sum()), maxiter=50 * A.shape[1])
-            coef = c / scale
-            rel = A @ coef / dur - 1.0
-            mad = np.median(np.abs(rel - np.median(rel)))
-            keep = np.abs(rel) <= max(0.5, 5 * 1.4826 * mad)
-        return coef
+    @staticmethod
+    def _base(theta: np.ndarray, Z: tuple) -> np.ndarray:
+        """pass(1) = one_token_pass, pass(m>=2) = pass_fixed + max(pass_floor, per_token*m), summed over
+        the ubatches, + per_ctx * kv_tokens + prefill_x_ctx * n_prefill_tokens * kv_tokens (ns).
 
-    def _base(self, coef: np.ndarray, X: pd.DataFrame) -> np.ndarray:
-        # term by term, in a fixed order: predict_one does the same sums, so both give equal numbers
-        base = np.full(len(X), coef[0])
-        for j, t in enumerate(self._base_terms(list(X.columns))):
-            base = base + coef[j + 1] * X[t].to_numpy(np.float64)
-        return np.maximum(base, 1.0)
+        A pass streams the weights once (a floor that a one-token pass, llama.cpp's matrix-vector
+        kernels, pays less of than the matrix-matrix kernels) or is compute-bound (per token); attention
+        reads each sequence's context. Column by column in a fixed order, so that one row and many rows
+        give equal numbers.
+        """
+        U, kv, pk = Z
+        fixed, floor, per_token, one, per_ctx, pre_ctx = (float(t) for t in theta)
+        s = np.zeros(U.shape[0])
+        for j in range(U.shape[1]):
+            u = U[:, j]
+            s = s + np.where(u == 1, one, np.where(u > 0, fixed + np.maximum(floor, per_token * u), 0.0))
+        return np.maximum(s + per_ctx * kv + pre_ctx * pk, 1.0)
 
-    def _train(self, X: pd.DataFrame, dur: np.ndarray):
+    def _fit_base(self, Z: tuple, dur: np.ndarray) -> np.ndarray:
+        """Robust (soft-L1) non-negative least squares of the relative error of the cost base."""
+        from scipy.optimize import least_squares
+
+        U, kv, pk = Z
+        n_pass = (U > 0).sum(axis=1)
+        one = (U == 1).any(axis=1)
+        big = U.max(axis=1) >= 64
+        med = float(np.median(dur))
+        single = (n_pass == 1) & (U[:, 0] == 1)
+        g0 = float(np.median(dur[single])) if single.sum() >= 5 else 0.5 * med
+        c0 = float(np.median(dur[big] / U[big].sum(axis=1))) if big.sum() >= 3 else 0.05 * g0
+        theta0 = np.array([0.5 * g0, g0, c0, g0, 0.0, 0.0])
+        scale = np.array([med, med, max(c0, 1.0), med, max(med / max(kv.max(), 1.0), 1e-9),
+                          max(med / max(pk.max(), 1.0), 1e-12)])
+
+        def resid(x):
+            return self._base(x * scale, Z) / dur - 1.0
+
+        r = least_squares(resid, theta0 / scale, bounds=(0.0, np.inf), loss="soft_l1", f_scale=0.05,
+                          x_scale=1.0, max_nfev=200 * len(theta0))
+        theta = r.x * scale
+        if not one.any():                 # no one-token pass seen: the roofline's value for one token
+            theta[3] = theta[0] + theta[2]
+        return theta
+
+    # -- fitting (continued) ------------------------------------------------------
+    def _train(self, X: pd.DataFrame, Z: tuple, dur: np.ndarray):
         import lightgbm as lgb
 
-        coef = self._fit_base(X, dur)
-        base = self._base(coef, X)
+        theta = self._fit_base(Z, dur)
+        base = self._base(theta, Z)
         y, init = (np.log(dur), np.log(base)) if self.log_target else (dur, base)
         ds = lgb.Dataset(X.to_numpy(), label=y, init_score=init, feature_name=list(X.columns), free_raw_data=True,
                          params={"verbosity": -1, "min_data_in_bin": 1})
-        return coef, lgb.train(self._params(list(X.columns)), ds, num_boost_round=self.n_estimators)
+        keys = shape_keys(X.to_numpy(), list(X.columns))
+        support = {} if keys is None else {str(k): int(v) for k, v in pd.Series(keys).value_counts().items()}
+        return theta, lgb.train(self._params(list(X.columns)), ds, num_boost_round=self.n_estimators), support
 
-    def _out(self, fitted, X: pd.DataFrame) -> np.ndarray:
-        coef, booster = fitted
-        raw = booster.predict(X.to_numpy(), num_threads=1)
-        base = self._base(coef, X)
+    def _tree_weight(self, support: dict, X: np.ndarray) -> np.ndarray:
+        """How much of the trees' correction a batch gets: min(1, training batches of its shape /
+        min_support). A shape the baseline never ran (a new batch size, prompts of a new length) is
+        predicted by the cost base alone: trees do not extrapolate, the base's physics does."""
+        keys = shape_keys(X, self.features_)
+        if keys is None or not self.min_support:
+            return np.ones(len(X))
+        return np.array([min(1.0, support.get(k, 0) / self.min_support) for k in keys])
+
+    def _out(self, fitted, X: pd.DataFrame, Z: tuple) -> np.ndarray:
+        theta, booster, support = fitted
+        A = X.to_numpy()
+        raw = booster.predict(A, num_threads=1) * self._tree_weight(support, A)
+        base = self._base(theta, Z)
         return np.exp(raw + np.log(base)) if self.log_target else np.maximum(raw + base, 1.0)
 
     @staticmethod
@@ -265,14 +447,16 @@ class WorkloadModel:
         X = workload_features(b, cols, self.history)
         dur = (pd.to_numeric(b["dur"]) if y is None else pd.Series(np.asarray(y), index=b.index)).to_numpy(np.float64)
         self.columns_, self.features_ = cols, list(X.columns)
-        self.calibration_ = self._calibrate(X, dur, b)
-        self.base_coef_, self.booster_ = self._train(X, dur)
+        Z = self.base_inputs(b)
+        self.calibration_ = self._calibrate(X, Z, dur, b)
+        self.base_coef_, self.booster_, self.support_ = self._train(X, Z, dur)
         self.info_ = {"n_batches": int(len(b)), "phases": b["phase"].astype(str).value_counts().to_dict()
                       if "phase" in b.columns else {},
-                      "dur_ns_median": float(np.median(dur))}
+                      "dur_ns_median": float(np.median(dur)),
+                      "base": dict(zip(BASE_PARAMS, map(float, self.base_coef_)))}
         return self
 
-    def _calibrate(self, X: pd.DataFrame, dur: np.ndarray, b: pd.DataFrame) -> dict:
+    def _calibrate(self, X: pd.DataFrame, Z: tuple, dur: np.ndarray, b: pd.DataFrame) -> dict:
         """Out-of-fold relative errors -> per-phase stats of the one-sided relative error."""
         n = len(X)
         k = max(2, min(self.cv_folds, n // 10))
@@ -283,7 +467,8 @@ class WorkloadModel:
             te = fold == f
             if te.all() or not te.any():
                 continue
-            oof[te] = self._out(self._train(X[~te], dur[~te]), X[te])
+            zt, zv = tuple(z[~te] for z in Z), tuple(z[te] for z in Z)
+            oof[te] = self._out(self._train(X[~te], zt, dur[~te]), X[te], zv)
         rel = dur / oof - 1.0
         excess = dur - oof
         phase = b["phase"].astype(str).to_numpy() if "phase" in b.columns else np.full(n, "all")
@@ -309,10 +494,13 @@ class WorkloadModel:
         X = self.features(batches)
         if len(X) == 0:
             return np.empty(0)
-        return self._out((self.base_coef_, self.booster_), X)
+        return self._out((self.base_coef_, self.booster_, self.support_), X, self.base_inputs(_batches_of(batches)))
 
     def feature_row(self, batch) -> np.ndarray:
         """The feature vector (model order) of one batch given as a mapping, with plain floats (no pandas)."""
+        return self._row(batch)[0]
+
+    def _row(self, batch) -> tuple[np.ndarray, tuple]:
         self._check()
         get = batch.get if hasattr(batch, "get") else (lambda k, d=None: getattr(batch, k, d))
         d: dict = {}
@@ -321,7 +509,10 @@ class WorkloadModel:
             if c == "phase":
                 d["phase"] = float(PHASE_CODES.get(str(v), -1)) if v is not None else -1.0
             else:
-                d[c] = float("nan") if v is None else float(v)
+                try:
+                    d[c] = float("nan") if v is None else float(v)
+                except (TypeError, ValueError):
+                    d[c] = float("nan")
         if "phase" not in self.columns_ and "n_prefill_tokens" in d and "n_decode_tokens" in d:
             p, q = d["n_prefill_tokens"] > 0, d["n_decode_tokens"] > 0
             d["phase"] = 2.0 if p and q else (1.0 if p else 0.0)
@@ -337,7 +528,12 @@ class WorkloadModel:
                 d[name] = float("nan") if v is None else float(v)
             else:
                 d[name] = float(DERIVED[name][1](d))
-        return np.array([[d[f] for f in self.features_]], dtype=np.float64)
+        row = np.array([[d[f] for f in self.features_]], dtype=np.float64)
+        ub = ubatch_sizes(*(d.get(c) if c in self.columns_ else None for c in UBATCH_INPUTS), n_ubatch=self.n_ubatch)
+        U = np.array([ub if ub else (0.0,)], dtype=np.float64)
+        kv = np.nan_to_num(np.array([d.get("kv_tokens", 0.0)]), nan=0.0)
+        pk = np.nan_to_num(np.array([d.get("n_prefill_tokens", 0.0)]), nan=0.0) * kv
+        return row, (U, kv, pk)
 
     def predict_one(self, batch) -> float:
         """Expected dur (ns) of one batch given as a mapping (dict, Series, namedtuple); no pandas.
@@ -345,12 +541,9 @@ class WorkloadModel:
         Equal to ``predict`` on the same row. With the history feature the
         mapping carries ``prev_n_tokens`` (the OnlineDetector adds it).
         """
-        row = self.feature_row(batch)
-        raw = self.booster_.predict(row, num_threads=1)
-        base = np.full(1, self.base_coef_[0])
-        for j, t in enumerate(self._base_terms(self.features_)):
-            base = base + self.base_coef_[j + 1] * row[:, self.features_.index(t)]
-        base = np.maximum(base, 1.0)
+        row, Z = self._row(batch)
+        raw = self.booster_.predict(row, num_threads=1) * self._tree_weight(self.support_, row)
+        base = self._base(self.base_coef_, Z)
         out = np.exp(raw + np.log(base)) if self.log_target else np.maximum(raw + base, 1.0)
         return float(out[0])
 
@@ -374,16 +567,17 @@ class WorkloadModel:
     def get_params(self) -> dict:
         return {k: getattr(self, k) for k in ("columns", "log_target", "objective", "n_estimators", "learning_rate",
                                               "num_leaves", "min_child_samples", "monotone", "cv_folds", "seed",
-                                              "huber_alpha", "history")}
+                                              "huber_alpha", "history", "n_ubatch", "min_support")}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write one JSON file: parameters, columns, features, calibration and the LightGBM model text."""
         self._check()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"format": FORMAT, "version": 1, "params": self.get_params(), "columns": self.columns_,
-               "features": self.features_, "base_coef": [float(c).hex() for c in self.base_coef_],
-               "calibration": self.calibration_, "info": self.info_,
+        doc = {"format": FORMAT, "version": FORMAT_VERSION, "params": self.get_params(), "columns": self.columns_,
+               "features": self.features_, "base": "ubatch_roofline", "base_params": BASE_PARAMS,
+               "base_coef": [float(c).hex() for c in self.base_coef_],
+               "calibration": self.calibration_, "info": self.info_, "support": self.support_,
                "booster": self.booster_.model_to_string()}
         path.write_text(json.dumps(doc))
         return path
@@ -395,10 +589,14 @@ class WorkloadModel:
         doc = json.loads(Path(path).read_text())
         if doc.get("format") != FORMAT:
             raise ValueError(f"{path}: not a prismkit workload model")
+        if doc.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: workload model format version {doc.get('version')}, this prismkit reads "
+                             f"version {FORMAT_VERSION} (refit it: prism eval model BASELINE --save {path})")
         m = cls(**doc["params"])
         m.columns_, m.features_ = doc["columns"], doc["features"]
         m.calibration_, m.info_ = doc["calibration"], doc.get("info", {})
         m.base_coef_ = np.array([float.fromhex(c) for c in doc["base_coef"]])
+        m.support_ = {str(k): int(v) for k, v in doc.get("support", {}).items()}
         m.booster_ = lgb.Booster(model_str=doc["booster"])
         return m
 
@@ -454,17 +652,23 @@ def holdout_split(batches: pd.DataFrame, test_frac: float = 0.3, how: str = "tim
 
 
 def leave_group_out(batches, model_factory=WorkloadModel, min_group: int = 20) -> pd.DataFrame:
-    """For each workload group: fit on every other group, evaluate on it (extrapolation to unseen workloads)."""
+    """For each workload group: fit on every other group, evaluate on it (extrapolation to unseen workloads).
+
+    One row per held-out group, then 'all': the errors pooled over every held-out batch.
+    """
     b = WorkloadModel._clean(batches)
     groups = workload_groups(b)
-    rows = []
+    obs, exp, names = [], [], []
     for g in sorted(groups.unique()):
         te = (groups == g).to_numpy()
         if te.sum() < min_group or (~te).sum() < 20:
             continue
         m = model_factory().fit(b[~te])
-        t = m.evaluate(b[te], by=None).rename(index={"all": g})
-        rows.append(t)
-    out = pd.concat(rows) if rows else pd.DataFrame()
+        obs.append(b[te]["dur"].to_numpy(np.float64))
+        exp.append(m.predict(b[te]))
+        names += [g] * int(te.sum())
+    if not obs:
+        return pd.DataFrame()
+    out = error_table(np.concatenate(obs), np.concatenate(exp), pd.Series(names))
     out.index.name = "held_out_group"
     return out
