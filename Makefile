@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PRISM  := $(VENV)/bin/prism
 
-.PHONY: setup target demo test bench clean
+.PHONY: setup target torch-env demo test bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -16,10 +16,13 @@ target: setup
 	@$(PRISM) target build >/dev/null
 	@$(PRISM) target model tiny >/dev/null
 
+torch-env: setup
+	@bash scripts/torch_env.sh >/dev/null
+
 demo: target
 	@$(PRISM) demo
 
-test: target
+test: target torch-env
 	@$(PY) -m pytest -q tests --nbval-lax notebooks
 
 bench: target
