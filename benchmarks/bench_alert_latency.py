@@ -4,7 +4,7 @@
 
 Starts the bundled llama.cpp server (tiny model), drives closed-loop load,
 watches it in-process (recorder + OnlineDetector + sinks: JSON lines, webhook
-to a local HTTP server, terminal, Prometheus), learns a baseline during the
+to a local HTTP server in another process, terminal, Prometheus), learns a baseline during the
 warm-up, then injects faults with `prism inject` (single stalls, SIGSTOP of
 `--pause-ms`, and cpu_contention windows). For every alert episode opened, the
 alert path is measured from the end of the batch that raised it (its
@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -32,30 +31,49 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class Receiver:
-    """A local webhook endpoint: records each POSTed alert and when it arrived."""
+    """A local webhook endpoint in a process of its own (as a real receiver would be): records
+    each POSTed alert and when it arrived (CLOCK_MONOTONIC, comparable across processes)."""
 
-    def __init__(self) -> None:
-        self.got: list[tuple[int, dict]] = []
-        outer = self
+    def __init__(self, out: Path) -> None:
+        self.path = out / "webhook_received.jsonl"
+        self.path.unlink(missing_ok=True)
+        self.proc = subprocess.Popen([sys.executable, "-c", RECEIVER, str(self.path)], cwd=REPO,
+                                     stdout=subprocess.PIPE, text=True)
+        port = int(self.proc.stdout.readline())
+        self.url = f"http://127.0.0.1:{port}/alert"
 
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                n = int(self.headers.get("Content-Length", 0))
-                body = self.rfile.read(n)
-                outer.got.append((time.monotonic_ns(), json.loads(body)))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/alert"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    @property
+    def got(self) -> list[tuple[int, dict]]:
+        if not self.path.exists():
+            return []
+        rows = [line.split(" ", 1) for line in self.path.read_text().splitlines() if line]
+        return [(int(t), json.loads(body)) for t, body in rows]
 
     def close(self) -> None:
-        self.httpd.shutdown()
+        self.proc.terminate()
+        self.proc.wait(5)
+
+
+RECEIVER = r"""
+import json, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+out = open(sys.argv[1], "a", buffering=1)
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"   # keep-alive, as Alertmanager-style receivers do
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", 0))
+        body = self.rfile.read(n)
+        t = time.monotonic_ns()
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        out.write(f"{t} {body.decode()}\n")
+    def log_message(self, *a):
+        pass
+httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(httpd.server_address[1], flush=True)
+httpd.serve_forever()
+"""
 
 
 def _free_port() -> int:
@@ -102,6 +120,8 @@ def main(argv=None) -> int:
     ap.add_argument("--resolve-after", type=float, default=0.3,
                     help="seconds without anomaly that end an episode (short: more episodes to measure)")
     ap.add_argument("--nice", type=int, default=-15, help="autogroup nice of the watcher (None: leave)")
+    ap.add_argument("--live-priority", type=int, default=10,
+                    help="SCHED_FIFO priority of the live thread and the webhook sender (0: normal)")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "bench_alert")
     ap.add_argument("--pid", type=int, default=None, help="watch this running server instead of starting one")
     ap.add_argument("--url", default=None)
@@ -119,17 +139,18 @@ def main(argv=None) -> int:
         pid, url = info.pid, info.url
     else:
         pid, url = args.pid, args.url
-    rx = Receiver()
+    rx = Receiver(args.out)
     labels = args.out / "labels.jsonl"
     labels.unlink(missing_ok=True)
     try:
         _load(url, 3, 0, args.out)  # warm the server up
         tok_unwatched = _load(url, 8, 1, args.out)
-        sinks = [JsonlSink(args.out / "alerts.jsonl"), WebhookSink(rx.url),
+        sinks = [JsonlSink(args.out / "alerts.jsonl"), WebhookSink(rx.url, rt_priority=args.live_priority or None),
                  TerminalSink(lambda s: print(s, file=sys.stderr, flush=True))]
         (args.out / "alerts.jsonl").write_text("")
         cfg = WatchConfig(pid=pid, output=args.out / "watch.pftrace", warmup_s=args.warmup, prometheus_port=0,
-                          nice=args.nice, verbose=True, resolve_after_s=args.resolve_after)
+                          nice=args.nice, verbose=True, resolve_after_s=args.resolve_after,
+                          live_rt_priority=args.live_priority or None)
         w = Watcher(cfg, sinks=sinks)
         stop = threading.Event()
         loads = []
@@ -170,6 +191,7 @@ def main(argv=None) -> int:
         summary = w.stop("duration")
         time.sleep(0.5)
     finally:
+        got = rx.got
         rx.close()
         if srv is not None:
             srv.stop()
@@ -184,13 +206,13 @@ def main(argv=None) -> int:
         ms = s.latencies_ms("opened")
         res[s.name] = {"n": len(ms), "p50_ms": q(ms, 50), "p99_ms": q(ms, 99), "max_ms": max(ms) if ms else None}
         print(f"  {s.name:<10} {len(ms):>4} {q(ms, 50):>8.2f} {q(ms, 99):>8.2f} {max(ms) if ms else float('nan'):>8.2f}")
-    rx_ms = [(t - d["alarm_ns"]) / 1e6 for t, d in rx.got if d.get("event") == "opened"]
+    rx_ms = [(t - d["alarm_ns"]) / 1e6 for t, d in got if d.get("event") == "opened"]
     print(f"  {'(received)':<10} {len(rx_ms):>4} {q(rx_ms, 50):>8.2f} {q(rx_ms, 99):>8.2f}   webhook receiver's clock")
-    lag = [(d["alarm_ns"] - d["start_ns"]) / 1e6 for _t, d in rx.got if d.get("event") == "opened"]
+    lag = [(d["alarm_ns"] - d["start_ns"]) / 1e6 for _t, d in got if d.get("event") == "opened"]
     print(f"detection lag (start of the first flagged batch -> alarm): p50 {q(lag, 50):.1f} ms, p99 {q(lag, 99):.1f} ms")
     print(f"detector thread per batch: p50 {summary['detector_ms_p50']:.3f} ms, p99 {summary['detector_ms_p99']:.3f} ms")
     cpu = (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / wall
-    print(f"watcher process CPU while watching (recorder + detector + sinks + load generator): {cpu:.2f} CPU")
+    print(f"watcher process CPU while watching (recorder + detector + sinks; load and receiver run apart): {cpu:.2f} CPU")
     print(f"server throughput: {tok_unwatched:.1f} tok/s unwatched, {tok_watched:.1f} tok/s watched "
           f"(includes fault windows)")
     (args.out / "result.json").write_text(json.dumps({"sinks": res, "received": rx_ms, "lag_ms": lag,

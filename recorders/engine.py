@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections import deque
 import signal
 import sys
 import threading
@@ -38,8 +39,37 @@ class RecordingContext:
     #: called with each batch an engine pack writes (a dict of its attributes and
     #: tid, ts_start, ts_end); the flow ids they return go on the batch slice
     batch_observers: list[Callable[[dict], list[int]]] = field(default_factory=list)
+    #: called with each batch as soon as its record arrives, on the engine's live thread and
+    #: before it is written (the online detector): must be quick and thread-safe
+    live_observers: list[Callable[[dict], None]] = field(default_factory=list)
+    #: ring buffers polled by the live thread: (map name, callback)
+    live_buffers: list[tuple[str, Callable]] = field(default_factory=list)
+    _deferred: deque = field(default_factory=deque)
     _threads: dict[int, int] = field(default_factory=dict)
     _named: dict[str, int] = field(default_factory=dict)
+
+    def open_ring_buffer(self, bpf, name: str, callback: Callable, live: bool = False) -> None:
+        """Consume ring buffer `name` with `callback(ctx, data, size)`.
+
+        live=False: on the engine's polling thread, with every other pack's buffers.
+        live=True: on a thread of its own that does nothing else, so a record is seen
+        within a wakeup of its submission however busy the other buffers are; such a
+        callback must only copy the record and hand the writing to `defer()`.
+        """
+        if live:
+            self.live_buffers.append((name, callback))
+        else:
+            bpf[name.encode() if isinstance(name, str) else name].open_ring_buffer(callback)
+
+    def defer(self, fn: Callable, *args) -> None:
+        """Run fn(*args) on the engine's polling thread (the one that writes the trace)."""
+        self._deferred.append((fn, args))
+
+    def run_deferred(self) -> None:
+        pop = self._deferred.popleft
+        while self._deferred:
+            fn, args = pop()
+            fn(*args)
 
     def thread_track(self, tid: int) -> int:
         uuid = self._threads.get(tid)
@@ -61,6 +91,70 @@ class RecordingContext:
         return uuid
 
 
+class _LivePoller:
+    """Polls the live ring buffers (ctx.live_buffers) on a thread of their own.
+
+    BCC keeps one ring-buffer manager per BPF object and its poll runs every
+    buffer's callbacks in turn, so a batch record would wait behind a burst of
+    scheduler events; libbcc's manager API gives these buffers their own.
+    """
+
+    def __init__(self, bpf, buffers: list[tuple[str, Callable]], poll_ms: int, log: Callable[[str], None],
+                 rt_priority: int | None = None) -> None:
+        from bcc.libbcc import _RINGBUF_CB_TYPE, lib
+
+        self._lib = lib
+        self._cbs = []
+        self._mgr = None
+        self._poll_ms = poll_ms
+        self._rt_priority = rt_priority
+        self._stop = threading.Event()
+        self._errors = 0
+        self._log = log
+        for name, callback in buffers:
+            def raw(_ctx, data, size, callback=callback):
+                try:
+                    callback(_ctx, data, size)
+                except Exception as exc:  # one bad record must not stop the live path
+                    self._errors += 1
+                    if self._errors <= 3:
+                        self._log(f"live callback failed: {exc!r}")
+                return 0
+            fn = _RINGBUF_CB_TYPE(raw)
+            self._cbs.append(fn)  # ctypes callbacks must outlive the manager
+            fd = bpf[name.encode()].map_fd
+            if self._mgr is None:
+                self._mgr = lib.bpf_new_ringbuf(fd, fn, None)
+                if not self._mgr:
+                    raise PrismError(f"cannot open ring buffer {name}")
+            elif lib.bpf_add_ringbuf(self._mgr, fd, fn, None) < 0:
+                raise PrismError(f"cannot open ring buffer {name}")
+        self._thread = threading.Thread(target=self._run, name="prism-live", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        if self._rt_priority:
+            # A woken SCHED_OTHER thread waits behind the server's busy threads for tens of
+            # ms on a loaded host; a real-time one runs at once. It only copies a record and
+            # runs the live observers (~50 us per batch), and the kernel's RT throttling
+            # bounds it regardless.
+            try:
+                os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO, os.sched_param(self._rt_priority))
+            except OSError as exc:
+                self._log(f"live thread stays SCHED_OTHER: {exc}")
+        lib, mgr = self._lib, self._mgr
+        while not self._stop.is_set():
+            if lib.bpf_poll_ringbuf(mgr, self._poll_ms) == 0:
+                lib.bpf_consume_ringbuf(mgr)  # records submitted without a wakeup
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._lib.bpf_consume_ringbuf(self._mgr)
+        self._lib.bpf_free_ringbuf(self._mgr)
+        self._mgr = None
+
+
 @dataclass
 class RecordingSummary:
     path: str
@@ -76,7 +170,7 @@ class Recorder:
     def __init__(self, pid: int, output: str | os.PathLike, duration_s: float | None = None,
                  packs: list[ProbePack] | None = None, sample_interval_s: float = 0.2,
                  ringbuf_pages: int = 256, poll_interval_ms: int = 50, capture_paths: bool = False,
-                 min_offcpu_us: int = 50,
+                 min_offcpu_us: int = 50, rt_priority: int | None = None,
                  verbose: bool = True, on_event_count: Callable[[dict], None] | None = None) -> None:
         self.pid = pid
         self.output = Path(output)
@@ -89,6 +183,13 @@ class Recorder:
         self.options = {"ringbuf_pages": ringbuf_pages, "capture_paths": capture_paths,
                         "min_offcpu_us": min_offcpu_us}
         self.poll_interval_ms = poll_interval_ms
+        # rt_priority (prism watch): SCHED_FIFO for the live thread (this priority) and the
+        # polling thread (one less). A normal thread that holds the GIL and is preempted by
+        # the server's busy threads makes the live thread wait for tens of ms; real-time
+        # polling keeps the batch-to-alert path within a millisecond on a loaded host. The
+        # kernel's RT throttling bounds both; plain `prism record` leaves scheduling alone.
+        self.rt_priority = rt_priority
+        self._live: _LivePoller | None = None
         self.verbose = verbose
         self._stop_reason: str | None = None
         self._stop_event = threading.Event()
@@ -190,8 +291,18 @@ class Recorder:
             "clock": "CLOCK_MONOTONIC",
             "prismkit_version": _version(),
         })
-        for p in packs:
-            p.start(bpf, ctx)
+        try:
+            for p in packs:
+                p.start(bpf, ctx)
+            if ctx.live_buffers:
+                self._live = _LivePoller(bpf, ctx.live_buffers, self.poll_interval_ms, self._log,
+                                         self.rt_priority)
+        except Exception:
+            writer.close()
+            bpf.cleanup()
+            raise
+        # With every buffer on the live thread BCC has nothing to poll here: sleep instead.
+        main_polls = bool(getattr(bpf, "_ringbuf_manager", None))
         self.ready.set()
 
         old_handlers = {}
@@ -201,13 +312,18 @@ class Recorder:
         self._log(f"recording PID {target.pid} ({target.comm}) into {self.output}"
                   + (f" for {self.duration_s:g}s" if self.duration_s else "") + "; Ctrl-C to stop")
         deadline = time.monotonic() + self.duration_s if self.duration_s else None
+        old_sched = _raise_priority(max(1, self.rt_priority - 1), self._log) if self.rt_priority else None
         next_sample = time.monotonic()
         next_status = time.monotonic() + 1.0
         lost_tracks = {buf: ctx.counter_track(f"lost_events.{buf}", "events")
                        for p in packs for buf in p.buffers}
         try:
             while not self._stop_event.is_set():
-                bpf.ring_buffer_poll(timeout=self.poll_interval_ms)
+                if main_polls:
+                    bpf.ring_buffer_poll(timeout=self.poll_interval_ms)
+                else:
+                    self._stop_event.wait(self.poll_interval_ms / 1000)
+                ctx.run_deferred()
                 now = time.monotonic()
                 if now >= next_sample:
                     ts = time.monotonic_ns()
@@ -225,6 +341,8 @@ class Recorder:
                 elif not target.alive():
                     self.stop("target_exit")
         finally:
+            if old_sched is not None:
+                _restore_priority(old_sched)
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             summary = self._finish(bpf, ctx, packs, report, t_start)
@@ -244,10 +362,14 @@ class Recorder:
         reason = self._stop_reason or "error"
         if self.verbose:
             print(file=sys.stderr)
+        if self._live is not None:
+            self._live.close()  # its last records are drained into ctx's deferred work
+            self._live = None
         try:
             bpf.ring_buffer_consume()  # drain what is already in the buffers
         except Exception:
             pass
+        ctx.run_deferred()
         lost = {buf: _sum_percpu(bpf, m) for p in packs for buf, m in p.buffers.items()}
         events: dict[str, int] = {}
         for p in packs:
@@ -271,6 +393,26 @@ class Recorder:
                   + ", ".join(f"{k} {v}" for k, v in events.items())
                   + f"; lost events {sum(lost.values())}; trace: {self.output}")
         return summary
+
+
+def _raise_priority(priority: int, log: Callable[[str], None]):
+    """SCHED_FIFO for the calling thread; returns what to restore (None if unchanged)."""
+    tid = threading.get_native_id()
+    try:
+        old = (os.sched_getscheduler(tid), os.sched_getparam(tid))
+        os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+        return tid, old
+    except OSError as exc:
+        log(f"polling thread stays SCHED_OTHER: {exc}")
+        return None
+
+
+def _restore_priority(saved) -> None:
+    tid, (policy, param) = saved
+    try:
+        os.sched_setscheduler(tid, policy, param)
+    except OSError:
+        pass
 
 
 def _sum_percpu(bpf, name: str) -> int:

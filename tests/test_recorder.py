@@ -14,6 +14,7 @@ from prismkit.load import closed_loop, parse_length_dist, run_load
 from prismkit.target.server import LlamaServer, http_get
 from prismkit.trace import load_trace
 from recorders.engine import Recorder
+from recorders.packs.base import ProbePack
 
 from conftest import REPO, free_port, require
 
@@ -121,10 +122,22 @@ def test_target_exit_leaves_valid_trace(bpf_ok, tmp_path):
     assert len(trace.batches) > 0
 
 
+class _SlowConsumer(ProbePack):
+    """Not a probe: a live observer that takes 50 ms per batch, so the consumer falls behind."""
+
+    name = "slow_consumer"
+
+    def start(self, bpf, ctx) -> None:
+        ctx.live_observers.append(lambda batch: time.sleep(0.05))
+
+
 def test_full_buffer_counts_lost_events(server, bpf_ok, tmp_path):
+    from recorders.packs import default_packs
+
     out = tmp_path / "lost.pftrace"
-    # One page of ring buffer drained once a second: the load overflows it.
-    rec = Recorder(server.pid, out, ringbuf_pages=1, poll_interval_ms=1500, verbose=False).start_background()
+    # One page of ring buffer and a consumer that falls behind: the load overflows it.
+    rec = Recorder(server.pid, out, ringbuf_pages=1, packs=default_packs() + [_SlowConsumer()],
+                   verbose=False).start_background()
     before = server_counters(server.url)
     small_load(server.url, n=40, prompt="fixed:16", output="fixed:32")
     after = server_counters(server.url)

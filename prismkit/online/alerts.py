@@ -10,22 +10,25 @@ Sinks: `TerminalSink` (one line per event), `JsonlSink` (one JSON object per
 line, flushed), `WebhookSink` (HTTP POST in its own thread, retries with
 backoff, never blocks the caller), and the Prometheus exporter in metrics.py.
 Each sink records when every event left it (``time.monotonic_ns()`` right
-after the write or POST returned) so that the alert path can be measured from
+after the write returned; for the webhook, once the request was written to the
+socket, of the attempt the receiver accepted) so that the alert path can be measured from
 the batch's uretprobe timestamp (same clock, CLOCK_MONOTONIC).
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import queue
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
+
+from prismkit.errors import PrismError
 
 
 @dataclass
@@ -61,8 +64,8 @@ class Sink:
     def emit(self, alert: Alert) -> None:
         raise NotImplementedError
 
-    def _done(self, alert: Alert) -> None:
-        self.sent.append((alert.alert_id, alert.event, alert.ref_ns, time.monotonic_ns()))
+    def _done(self, alert: Alert, sent_ns: int | None = None) -> None:
+        self.sent.append((alert.alert_id, alert.event, alert.ref_ns, sent_ns or time.monotonic_ns()))
 
     def close(self) -> None:
         pass
@@ -105,48 +108,81 @@ class JsonlSink(Sink):
 
 
 class WebhookSink(Sink):
-    """POST each event as JSON to `url` from a thread of its own; retries with exponential backoff."""
+    """POST each event as JSON to `url` from a thread of its own; retries with exponential backoff.
+
+    One kept-alive HTTP/1.1 connection (re-opened when the receiver closes it or
+    fails): a new connection and urllib's machinery per alert cost milliseconds.
+    `rt_priority` runs the sender thread SCHED_FIFO (prism watch passes its live
+    thread's priority), so that a busy host does not hold an alert back.
+    """
 
     name = "webhook"
 
-    def __init__(self, url: str, timeout_s: float = 2.0, retries: int = 4, backoff_s: float = 0.2) -> None:
+    def __init__(self, url: str, timeout_s: float = 2.0, retries: int = 4, backoff_s: float = 0.2,
+                 rt_priority: int | None = None) -> None:
         super().__init__()
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise PrismError(f"webhook URL must be http(s)://host[:port]/path (got {url!r})")
         self.url = url
+        self._https = parts.scheme == "https"
+        self._host, self._port = parts.hostname, parts.port
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._conn: http.client.HTTPConnection | None = None
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        self.rt_priority = rt_priority
         self.failed = 0
         self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1: no proxies
         self._thread = threading.Thread(target=self._run, name="prism-webhook", daemon=True)
         self._thread.start()
 
     def emit(self, alert: Alert) -> None:
         self._q.put(alert)
 
-    def _post(self, body: bytes) -> None:
-        req = urllib.request.Request(self.url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-        with self._opener.open(req, timeout=self.timeout_s) as resp:
+    def _post(self, body: bytes) -> int:
+        """POST `body`; returns when the request had left (monotonic ns), after the answer came."""
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=self.timeout_s)
+        try:
+            self._conn.request("POST", self._path, body, {"Content-Type": "application/json"})
+            sent_ns = time.monotonic_ns()
+            resp = self._conn.getresponse()
             resp.read()
+        except Exception:
+            self._conn.close()
+            self._conn = None
+            raise
+        if resp.status >= 300:
+            raise OSError(f"webhook answered HTTP {resp.status}")
+        return sent_ns
 
     def _run(self) -> None:
+        if self.rt_priority:
+            try:
+                os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO, os.sched_param(self.rt_priority))
+            except OSError:
+                pass  # normal scheduling: still correct, only slower under load
         while True:
             alert = self._q.get()
             if alert is None:
-                return
+                break
             body = alert.to_json().encode()
             for attempt in range(self.retries + 1):
                 try:
-                    self._post(body)
-                    self._done(alert)
+                    # "left the sink": the accepted request's bytes were written to the socket
+                    self._done(alert, self._post(body))
                     break
-                except (urllib.error.URLError, OSError, ValueError):
+                except (OSError, http.client.HTTPException, ValueError):
                     self.errors += 1
                     if attempt == self.retries:
                         self.failed += 1
                         break
                     time.sleep(self.backoff_s * (2 ** attempt))
+        if self._conn is not None:
+            self._conn.close()
 
     def close(self, timeout: float = 5.0) -> None:
         self._q.put(None)

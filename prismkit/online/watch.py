@@ -2,9 +2,10 @@
 
 Data path (one direction, the recorder is never blocked):
 
-    recorder thread (ring-buffer poll) -- llama.cpp pack writes a batch slice
-        -> batch observer: queue.put(batch)               (~1 us, nothing else)
-    detector thread: queue.get() -> expected latency (WorkloadModel, no pandas)
+    recorder's live thread (polls only the llama.cpp pack's ring buffer, woken per batch)
+        -> live observer: the online detector, inline (inline=True, the default),
+           or queue.put(batch) to a detector thread (inline=False)
+    detector: expected latency (WorkloadModel, no pandas)
         -> OnlineDetector.step() -> AlertManager: terminal / JSON lines / Prometheus inline,
            webhook and cause analysis on threads of their own
     main thread: the live view, signals, --follow-port
@@ -60,6 +61,7 @@ class WatchConfig:
     min_excess_ms: float = 2.0                      # alert once an anomaly has cost this much batch time
     inline: bool = True                             # detect in the recorder's batch callback (else: a queue + thread)
     switch_interval_s: float | None = 0.001         # GIL switch interval: other threads give the recorder the GIL sooner
+    live_rt_priority: int | None = 10               # SCHED_FIFO for the recorder's live/polling threads (None: normal)
     verbose: bool = True
 
 
@@ -80,7 +82,7 @@ class _WatchPack(ProbePack):
 
         if w.cfg.inline:
             def observe(batch: dict):
-                # detection in the recorder's callback: ~50 us per batch, no thread hand-off on the alert path
+                # detection on the recorder's live thread: ~50 us per batch, no hand-off on the alert path
                 batch["t_obs"] = mono()
                 try:
                     w._handle(batch)
@@ -93,7 +95,9 @@ class _WatchPack(ProbePack):
                 put(batch)
                 return None
 
-        ctx.batch_observers.append(observe)
+        # live observers see each batch on the recorder's live thread, as soon as its record
+        # arrives and before it is written (recorders/engine.py)
+        ctx.live_observers.append(observe)
         self.watcher._bpf = bpf
         http = next((p for p in self.watcher._packs if p.name == "http"), None)
         if http is not None and hasattr(http, "_write"):
@@ -182,7 +186,7 @@ class Watcher:
             if config.alerts_jsonl:
                 sinks.append(JsonlSink(config.alerts_jsonl))
             if config.webhook:
-                sinks.append(WebhookSink(config.webhook))
+                sinks.append(WebhookSink(config.webhook, rt_priority=config.live_rt_priority))
         self.sinks = sinks
         causes = None
         if config.causes:
@@ -329,6 +333,7 @@ class Watcher:
         packs = self._packs + [_WatchPack(self)]
         path = self._trace_path()
         self.recorder = Recorder(pid, path, packs=packs, verbose=False, poll_interval_ms=self.cfg.poll_ms,
+                                 rt_priority=self.cfg.live_rt_priority,
                                  sample_interval_s=self.cfg.sample_ms / 1000)
         self.recorder.start_background()
         self.traces.append(str(path))

@@ -173,7 +173,8 @@ int llama_decode_return(struct pt_regs *ctx) {
     __builtin_memcpy(ev, open, sizeof(*ev));
     ev->ts_end = bpf_ktime_get_ns();
     ev->ret = (s32)PT_REGS_RC(ctx);
-    llama_events.ringbuf_submit(ev, 0);
+    // A finished batch is what the online detector waits for: wake the consumer now.
+    llama_events.ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
     llama_open_batch.delete(&tid);
     return 0;
 }
@@ -204,7 +205,9 @@ static __always_inline int llama_stage_return(u32 stage) {
     ev->ts_end = bpf_ktime_get_ns();
     ev->tid = (u32)id;
     ev->kind = stage;
-    llama_events.ringbuf_submit(ev, 0);
+    // Stages ride along with the next batch's wakeup (or the consumer's idle drain):
+    // one wakeup per batch instead of one per sample/detokenize/synchronize call.
+    llama_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
     llama_open_stage.delete(&key);
     return 0;
 }

@@ -145,12 +145,37 @@ class LlamaCppPack(ProbePack):
         self._n_tokens_track = ctx.writer.counter_track("batch.n_tokens", ctx.process_track, "tokens")
         self._kv_track = ctx.writer.counter_track("batch.kv_tokens", ctx.process_track, "tokens")
         self._seqs_track = ctx.writer.counter_track("batch.n_seqs", ctx.process_track, "sequences")
-        bpf["llama_events"].open_ring_buffer(self._on_event)
+        ctx.open_ring_buffer(bpf, "llama_events", self._on_record, live=True)
 
-    def _on_event(self, _cpu, data, _size) -> None:
-        ev = ct.cast(data, ct.POINTER(LlamaEvent)).contents
+    def _on_record(self, _cpu, data, _size) -> None:
+        """On the engine's live thread: copy the record, show a batch to the live observers
+        (the online detector) at once, and leave the writing to the polling thread."""
+        ev = LlamaEvent.from_buffer_copy(ct.string_at(data, ct.sizeof(LlamaEvent)))
+        seen = None
         if ev.kind == BATCH_KIND:
-            self._write_batch(ev)
+            self.batches += 1
+            seen = self._batch_args(ev, self.batches)
+            seen.update(tid=ev.tid, ts_start=ev.ts_start, ts_end=ev.ts_end)
+            for observe in self._ctx.live_observers:
+                observe(seen)
+        self._ctx.defer(self._on_event, ev, seen)
+
+    @staticmethod
+    def _batch_args(ev: LlamaEvent, batch_id: int) -> dict:
+        args = {
+            "batch_id": batch_id, "n_tokens": ev.n_tokens, "n_seqs": ev.n_seqs,
+            "n_prefill_tokens": ev.n_prefill_tokens, "n_decode_tokens": ev.n_decode_tokens,
+            "kv_tokens": ev.kv_tokens, "n_outputs": ev.n_outputs,
+            "phase": phase_of(ev.n_prefill_tokens, ev.n_decode_tokens), "seq_mask": ev.seq_mask_lo,
+            "prefill_mask": ev.prefill_mask_lo,
+        }
+        if ev.truncated:
+            args["truncated_tokens"] = ev.truncated
+        return args
+
+    def _on_event(self, ev: LlamaEvent, seen: dict | None) -> None:
+        if ev.kind == BATCH_KIND:
+            self._write_batch(ev, seen)
         else:
             name = STAGES.get(ev.kind, (f"stage{ev.kind}",))[0]
             self.stage_counts[name] = self.stage_counts.get(name, 0) + 1
@@ -163,23 +188,13 @@ class LlamaCppPack(ProbePack):
             # until that batch arrives so the track's events stay in time order.
             self._pending.setdefault(ev.tid, []).append(_Stage(ev.ts_start, ev.ts_end - ev.ts_start, name))
 
-    def _write_batch(self, ev: LlamaEvent) -> None:
+    def _write_batch(self, ev: LlamaEvent, seen: dict) -> None:
         ctx = self._ctx
         w = ctx.writer
         track = ctx.thread_track(ev.tid)
         self._decode_tids.add(ev.tid)
         self._flush_stages(ev.tid, upto=ev.ts_start)  # stages that ended before this batch began
-        self.batches += 1
-        args = {
-            "batch_id": self.batches, "n_tokens": ev.n_tokens, "n_seqs": ev.n_seqs,
-            "n_prefill_tokens": ev.n_prefill_tokens, "n_decode_tokens": ev.n_decode_tokens,
-            "kv_tokens": ev.kv_tokens, "n_outputs": ev.n_outputs,
-            "phase": phase_of(ev.n_prefill_tokens, ev.n_decode_tokens), "seq_mask": ev.seq_mask_lo,
-            "prefill_mask": ev.prefill_mask_lo,
-        }
-        if ev.truncated:
-            args["truncated_tokens"] = ev.truncated
-        seen = {**args, "tid": ev.tid, "ts_start": ev.ts_start, "ts_end": ev.ts_end}
+        args = self._batch_args(ev, seen["batch_id"])
         flows = [f for observe in ctx.batch_observers for f in (observe(seen) or ())]
         pending = self._pending.get(ev.tid, [])
         inside = [s for s in pending if s.ts >= ev.ts_start and s.ts + s.dur <= ev.ts_end]
