@@ -288,6 +288,8 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prometheus-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
     p.add_argument("--follow-port", type=int, default=None,
                    help="when the target exits, re-attach to the next process listening on this port")
+    p.add_argument("--follow-cmd", default=None, metavar="REGEX",
+                   help="when the target exits, re-attach to the newest process whose command line matches REGEX")
     p.add_argument("--poll-ms", type=int, default=50, help="how often the ring buffers are drained")
     p.add_argument("--no-causes", action="store_true", help="do not run cause analysis on an alert")
     p.add_argument("--rca", action="store_true",
@@ -311,12 +313,22 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
     from .target.server import default_pid
 
+    if args.follow_port and args.follow_cmd:
+        raise PrismError("give --follow-port or --follow-cmd, not both")
+    if args.follow_cmd:
+        import re
+
+        try:
+            re.compile(args.follow_cmd)
+        except re.error as exc:
+            raise PrismError(f"--follow-cmd is not a valid regular expression: {exc}") from None
     if not 0 <= args.live_priority <= 99:
         raise PrismError(f"--live-priority must be 0-99 (got {args.live_priority})")
     pid = default_pid(args.pid)
     cfg = WatchConfig(pid=pid, output=args.output, model=args.model, slo_ttft_ms=args.slo_ttft,
                       slo_tpot_ms=args.slo_tpot, alerts_jsonl=args.alerts_jsonl, webhook=args.webhook,
                       prometheus_port=args.prometheus_port, warmup_s=args.warmup, follow_port=args.follow_port,
+                      follow_cmd=args.follow_cmd,
                       poll_ms=args.poll_ms, causes=not args.no_causes, verbose=not args.quiet,
                       nice=args.nice, min_excess_ms=args.min_excess_ms,
                       rca=args.rca, live_rt_priority=args.live_priority or None)

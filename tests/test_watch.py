@@ -220,17 +220,19 @@ def test_sigint_leaves_valid_trace_and_summary(wserver, tmp_path):
     assert len(t.batches) > 0
 
 
-def test_follow_port_reattaches(bpf_ok, tmp_path):
+@pytest.mark.parametrize("follow", ["port", "cmd"])
+def test_follow_reattaches(bpf_ok, tmp_path, follow):
     from prismkit.target.build import server_binary
     from prismkit.target.server import LlamaServer
 
     require(server_binary().exists(), "llama-server is not built (run `make target`)")
     port = free_port()
+    how = ["--follow-port", str(port)] if follow == "port" else ["--follow-cmd", rf"llama-server .*--port {port}( |$)"]
     srv = LlamaServer(model="tiny", port=port, n_parallel=2, threads=1, name=f"pytest-follow-{os.getpid()}")
     info = srv.start()
     out = tmp_path / "f.pftrace"
     p = subprocess.Popen([PY, "-m", "prismkit.cli", "watch", "--pid", str(info.pid), "--warmup", "60",
-                          "--follow-port", str(port), "-o", str(out), "--no-causes"], cwd=REPO,
+                          *how, "-o", str(out), "--no-causes"], cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(iter(p.stderr.readline, "")), daemon=True).start()
@@ -261,3 +263,18 @@ def test_follow_port_reattaches(bpf_ok, tmp_path):
     from prismkit.trace import load_trace
 
     assert len(load_trace(tmp_path / "f.1.pftrace").batches) > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--follow-cmd", "("], "--follow-cmd is not a valid regular expression"),
+    (["--follow-cmd", "x", "--follow-port", "1"], "not both"),
+    (["--live-priority", "100"], "--live-priority must be 0-99"),
+    (["--webhook", "ftp://x/"], "webhook URL must be http(s)"),
+])
+def test_bad_watch_options_give_one_line(args, message, tmp_path):
+    proc = subprocess.run([PY, "-m", "prismkit.cli", "watch", "--pid", str(os.getpid()), "-o",
+                           str(tmp_path / "w.pftrace"), *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0], proc.stderr

@@ -46,6 +46,7 @@ class WatchConfig:
     warmup_s: float = 30.0
     min_warmup_batches: int = 60
     follow_port: int | None = None
+    follow_cmd: str | None = None                   # regex on the command line of the process to re-attach to
     follow_timeout_s: float = 120.0
     terminal_alerts: bool = True
     save_model: str | os.PathLike | None = None   # default: <output>.model.json when learned
@@ -115,6 +116,36 @@ class _WatchPack(ProbePack):
             http._write = write
 
 
+def _cmdline_pids(pattern: str) -> list[int]:
+    """PIDs whose command line (arguments joined by spaces) matches the regex `pattern`, oldest first."""
+    import re
+
+    rx = re.compile(pattern)
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{name}/cmdline").read_bytes().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+            start = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        except (OSError, ValueError, IndexError):
+            continue
+        if cmd and rx.search(cmd):
+            found.append((start, int(name)))
+    return [pid for _start, pid in sorted(found)]
+
+
+def _ancestors() -> set[int]:
+    out, pid = set(), os.getpid()
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        out.add(pid)
+    return out
+
+
 def _listener_pid(port: int) -> int | None:
     """PID of a process listening on TCP `port` (IPv4 or IPv6), from /proc."""
     inodes = set()
@@ -174,6 +205,8 @@ class Watcher:
         self._stop = threading.Event()
         self.messages: deque = deque(maxlen=50)
         self.restarts = 0
+        self._old_pids: set[int] = set()  # targets that exited (never re-attach to them)
+        self._attach_failures: dict[int, int] = {}
         self._lost_total: dict[str, int] = {}
 
         from .metrics import WatchMetrics
@@ -397,32 +430,49 @@ class Watcher:
         if self.recorder is not None and not self.recorder_alive():
             summary = self._finish_recorder("target_exit")
             reason = summary.stop_reason if summary else "error"
-            if self.cfg.follow_port and reason == "target_exit":
-                self._say(f"target PID {self.pid} exited; waiting up to {self.cfg.follow_timeout_s:g}s for a new "
-                          f"process listening on port {self.cfg.follow_port}")
-                deadline = time.monotonic() + self.cfg.follow_timeout_s
-                while time.monotonic() < deadline and not self._stop.is_set():
-                    pid = _listener_pid(self.cfg.follow_port)
-                    if pid is not None and pid != self.pid:
-                        time.sleep(0.5)  # let it map its libraries
-                        try:
-                            self._start_recorder(pid)
-                        except PrismError as exc:
-                            self._say(f"could not attach to PID {pid} yet: {exc}")
-                            time.sleep(1.0)
-                            continue
-                        self.restarts += 1
-                        self._say(f"re-attached to PID {pid} listening on port {self.cfg.follow_port}; "
-                                  f"trace continues in {self.traces[-1]}")
-                        return True
-                    time.sleep(0.2)
-                self.stop_reason = "target_exit"
-                self.recorder = None
-                return False
+            if (self.cfg.follow_port or self.cfg.follow_cmd) and reason == "target_exit":
+                return self._follow()
             self.stop_reason = reason
             self.recorder = None
             return False
         return True
+
+    def _successors(self) -> list[int]:
+        """Processes to re-attach to, best first: the one listening on follow_port, or those whose
+        command line matches follow_cmd, newest first (never the PIDs that exited, nor our ancestors,
+        whose command lines may carry the pattern)."""
+        if self.cfg.follow_port:
+            pid = _listener_pid(self.cfg.follow_port)
+            return [pid] if pid is not None and pid != self.pid else []
+        skip = self._old_pids | _ancestors()
+        return [p for p in reversed(_cmdline_pids(self.cfg.follow_cmd))
+                if p not in skip and self._attach_failures.get(p, 0) < 3]
+
+    def _follow(self) -> bool:
+        what = (f"a new process listening on port {self.cfg.follow_port}" if self.cfg.follow_port
+                else f"a new process whose command line matches {self.cfg.follow_cmd!r}")
+        self._say(f"target PID {self.pid} exited; waiting up to {self.cfg.follow_timeout_s:g}s for {what}")
+        self._old_pids.add(self.pid)
+        deadline = time.monotonic() + self.cfg.follow_timeout_s
+        while time.monotonic() < deadline and not self._stop.is_set():
+            for pid in self._successors():
+                time.sleep(0.5)  # let it map its libraries
+                try:
+                    self._start_recorder(pid)
+                except PrismError as exc:
+                    self._attach_failures[pid] = self._attach_failures.get(pid, 0) + 1
+                    self._say(f"could not attach to PID {pid} yet: {exc}")
+                    time.sleep(0.5)
+                    continue
+                self.restarts += 1
+                how = (f"listening on port {self.cfg.follow_port}" if self.cfg.follow_port
+                       else f"matching {self.cfg.follow_cmd!r}")
+                self._say(f"re-attached to PID {pid} {how}; trace continues in {self.traces[-1]}")
+                return True
+            time.sleep(0.2)
+        self.stop_reason = "target_exit"
+        self.recorder = None
+        return False
 
     def stop(self, reason: str = "requested") -> dict:
         self._stop.set()
