@@ -1,10 +1,13 @@
 """Recorder overhead and event-rate limit, measured side by side in one run.
 
-    .venv/bin/python -m benchmarks.bench_recorder [--model demo] [--pairs 4] [--seconds 20]
+    .venv/bin/python -m benchmarks.bench_recorder [--model demo] [--pairs 4] [--seconds 20] [--packs a,b]
 
 1. Overhead: server throughput (generated tokens/s at a fixed closed-loop
    concurrency) without (A) and with (B) the recorder attached, alternating
-   A/B/A/B; prints each run and the median B/A ratio.
+   A/B/A/B; prints each run and the median B/A ratio. The recorder runs as
+   `prism record` in a process of its own, as it would in production (in this
+   process it would compete for the GIL with the load generator); its CPU use
+   is printed too.
 2. Event rate: the tiny model under heavy load (many short batches) with the
    recorder at its default buffer size and with smaller ones; prints events/s
    and lost events, and the highest rate recorded without loss.
@@ -17,9 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import os
+import signal
+import subprocess
+import sys
+
 from prismkit.load import closed_loop, parse_length_dist, run_load
 from prismkit.target.server import LlamaServer
 from recorders.engine import Recorder
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def throughput(url: str, seconds: float, concurrency: int, seed: int) -> float:
@@ -46,23 +56,55 @@ def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int
     info = srv.start()
     try:
         throughput(info.url, 5, concurrency, seed=0)  # warm up
-        ratios = []
+        ratios, cpus = [], []
         print(f"overhead: model {model}, closed loop c={concurrency}, {seconds:.0f}s per run, {pairs} A/B pairs, "
               f"packs: {packs or 'all default'}")
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(pairs):
                 a = throughput(info.url, seconds, concurrency, seed=2 * i)
-                rec = Recorder(info.pid, Path(tmp) / f"b{i}.pftrace", packs=_packs(packs),
-                               verbose=False).start_background()
+                out = Path(tmp) / f"b{i}.pftrace"
+                rec = _start_record(info.pid, out, packs)
+                cpu0 = _cpu_s(rec.pid)
                 b = throughput(info.url, seconds, concurrency, seed=2 * i)
-                summary = rec.join()
+                cpu = (_cpu_s(rec.pid) - cpu0) / seconds
+                rec.send_signal(signal.SIGINT)
+                rec.wait(60)
+                from prismkit.trace import load_trace
+
+                meta = load_trace(out).metadata
+                events = sum(v for k, v in meta.items() if k.startswith("events.") and isinstance(v, int))
                 ratios.append(b / a)
+                cpus.append(cpu)
                 print(f"  pair {i + 1}: A {a:8.1f} tok/s   B (recording) {b:8.1f} tok/s   B/A {b / a:.4f}"
-                      f"   events {sum(summary.events.values())} lost {sum(summary.lost.values())}")
+                      f"   recorder {cpu:.3f} CPU   events {events} lost {meta.get('lost_events')}")
         med = statistics.median(ratios)
-        print(f"median B/A throughput ratio: {med:.4f}  -> overhead {100 * (1 - med):+.2f}% (goal: under 1%)")
+        print(f"median B/A throughput ratio: {med:.4f}  -> overhead {100 * (1 - med):+.2f}% (goal: under 1%); "
+              f"recorder process {statistics.median(cpus):.3f} CPU (median)")
     finally:
         srv.stop()
+
+
+def _start_record(pid: int, out: Path, packs: str | None) -> subprocess.Popen:
+    """`prism record` in a process of its own; returns once it is attached (its trace has begun)."""
+    cmd = [sys.executable, "-m", "prismkit.cli", "record", "--pid", str(pid), "-o", str(out), "--quiet"]
+    if packs:
+        cmd += ["--packs", packs]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 60:  # attached once the metadata packet is in the file
+        if out.exists() and out.stat().st_size > 0 and b"prismkit.metadata" in out.read_bytes()[:65536]:
+            return proc
+        if proc.poll() is not None:
+            raise SystemExit(f"prism record exited with {proc.returncode}")
+        time.sleep(0.1)
+    raise SystemExit("prism record did not attach within 60 s")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def event_rate(seconds: float, port: int) -> None:

@@ -146,6 +146,8 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
                         "(preemptions by other processes are always written); 0 writes all")
     p.add_argument("--capture-paths", action="store_true",
                    help="also record each request's HTTP path (off by default: sizes and timings only)")
+    p.add_argument("--packs", default=None, metavar="NAMES",
+                   help="comma-separated probe packs to use (default: all that apply), e.g. llama_cpp,http")
     g = p.add_argument_group("exact Python function boundaries (CPython 3.12+; a runtime change, "
                              "see docs/python-monitor.md)")
     g.add_argument("--py-function", action="append", default=[], metavar="QUALNAME",
@@ -183,10 +185,19 @@ def _cmd_record(args: argparse.Namespace) -> int:
     pid = default_pid(args.pid)
     packs = None
     monitor = _py_monitor_pack(args)
-    if monitor is not None:
+    if monitor is not None or args.packs:
         from recorders.packs import default_packs
 
-        packs = default_packs() + [monitor]
+        packs = default_packs()
+        if args.packs:
+            wanted = {n.strip() for n in args.packs.split(",") if n.strip()}
+            unknown = wanted - {p.name for p in packs}
+            if unknown:
+                raise PrismError(f"--packs: unknown pack(s) {', '.join(sorted(unknown))} "
+                                 f"(known: {', '.join(p.name for p in packs)})")
+            packs = [p for p in packs if p.name in wanted]
+        if monitor is not None:
+            packs.append(monitor)
     rec = Recorder(pid, args.output, duration_s=args.duration, sample_interval_s=args.sample_ms / 1000, packs=packs,
                    ringbuf_pages=args.ringbuf_pages, poll_interval_ms=args.poll_ms,
                    capture_paths=args.capture_paths, min_offcpu_us=args.min_offcpu_us,

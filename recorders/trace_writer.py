@@ -18,9 +18,18 @@ from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import (
     TrackEvent,
 )
 
+try:  # the C fast path for event packets (recorders/_encode.c); optional, same bytes on the wire
+    from recorders import _encode
+except ImportError:  # pragma: no cover - built by setup.sh; the protobuf path below is the fallback
+    _encode = None
+
 SEQ_INCREMENTAL_STATE_CLEARED = 1
 SEQ_NEEDS_INCREMENTAL_STATE = 2
 CLOCK_MONOTONIC = BuiltinClock.BUILTIN_CLOCK_MONOTONIC
+TYPE_SLICE_BEGIN = TrackEvent.TYPE_SLICE_BEGIN
+TYPE_SLICE_END = TrackEvent.TYPE_SLICE_END
+TYPE_INSTANT = TrackEvent.TYPE_INSTANT
+TYPE_COUNTER = TrackEvent.TYPE_COUNTER
 SEQUENCE_ID = 1
 
 Args = dict[str, Any]
@@ -44,8 +53,9 @@ class TraceWriter:
     Thread-safe: packs call it from the engine's polling thread, samplers from theirs.
     """
 
-    def __init__(self, path: str | os.PathLike, flush_interval_s: float = 0.1) -> None:
+    def __init__(self, path: str | os.PathLike, flush_interval_s: float = 0.1, native: bool = True) -> None:
         self.path = str(path)
+        self._native = native and _encode is not None
         self._f: BinaryIO = open(self.path, "wb")
         self._lock = threading.Lock()
         self._next_uuid = 1
@@ -129,6 +139,54 @@ class TraceWriter:
         ev.terminating_flow_ids.extend(terminating_flow_ids)
         return pkt
 
+    def _write_event(self, ts: int, track_uuid: int, type_: int, name: str | None, category: str | None,
+                     args: Args | None = None, flow_ids: Iterable[int] = (),
+                     terminating_flow_ids: Iterable[int] = (), counter: float | None = None) -> None:
+        """Build and write one event packet (caller holds the lock)."""
+        if not self._native or self._first:
+            pkt = self._event(ts, track_uuid, type_, name, category, args, flow_ids, terminating_flow_ids)
+            if counter is not None:
+                if isinstance(counter, int):
+                    pkt.track_event.counter_value = counter
+                else:
+                    pkt.track_event.double_counter_value = float(counter)
+            self._emit(pkt)
+            return
+        new = []
+        name_iid = cat_iid = 0
+        if name is not None:
+            name_iid = self._names.get(name)
+            if name_iid is None:
+                name_iid = self._names[name] = len(self._names) + 1
+                new.append((2, name_iid, name))
+        if category is not None:
+            cat_iid = self._cats.get(category)
+            if cat_iid is None:
+                cat_iid = self._cats[category] = len(self._cats) + 1
+                new.append((1, cat_iid, category))
+        anns = None
+        if args:
+            anns = []
+            table = self._ann
+            for key, value in args.items():
+                if value is None:
+                    continue
+                iid = table.get(key)
+                if iid is None:
+                    iid = table[key] = len(table) + 1
+                    new.append((3, iid, key))
+                anns.append((iid, value))
+        if counter is not None and not isinstance(counter, int):
+            counter = float(counter)
+        self._f.write(_encode.track_event(int(ts), track_uuid, type_, name_iid, cat_iid, anns, flow_ids or None,
+                                          terminating_flow_ids or None, new or None, SEQUENCE_ID,
+                                          SEQ_NEEDS_INCREMENTAL_STATE, counter))
+        self.packets += 1
+        now = time.monotonic()
+        if now - self._last_flush >= self._flush_interval:
+            self._f.flush()
+            self._last_flush = now
+
     # -- tracks --------------------------------------------------------------
     def _new_uuid(self) -> int:
         uuid = self._next_uuid
@@ -190,34 +248,27 @@ class TraceWriter:
     def begin(self, track_uuid: int, ts: int, name: str, category: str, args: Args | None = None,
               flow_ids: Iterable[int] = ()) -> None:
         with self._lock:
-            self._emit(self._event(ts, track_uuid, TrackEvent.TYPE_SLICE_BEGIN, name, category, args, flow_ids))
+            self._write_event(ts, track_uuid, TYPE_SLICE_BEGIN, name, category, args, flow_ids)
 
     def end(self, track_uuid: int, ts: int, args: Args | None = None) -> None:
         with self._lock:
-            self._emit(self._event(ts, track_uuid, TrackEvent.TYPE_SLICE_END, None, None, args))
+            self._write_event(ts, track_uuid, TYPE_SLICE_END, None, None, args)
 
     def slice(self, track_uuid: int, ts: int, dur: int, name: str, category: str,
               args: Args | None = None, end_args: Args | None = None, flow_ids: Iterable[int] = (),
               terminating_flow_ids: Iterable[int] = ()) -> None:
         with self._lock:
-            self._emit(self._event(ts, track_uuid, TrackEvent.TYPE_SLICE_BEGIN, name, category, args,
-                                   flow_ids, terminating_flow_ids))
-            self._emit(self._event(ts + max(int(dur), 0), track_uuid, TrackEvent.TYPE_SLICE_END,
-                                   None, None, end_args))
+            self._write_event(ts, track_uuid, TYPE_SLICE_BEGIN, name, category, args, flow_ids, terminating_flow_ids)
+            self._write_event(ts + max(int(dur), 0), track_uuid, TYPE_SLICE_END, None, None, end_args)
 
     def instant(self, track_uuid: int, ts: int, name: str, category: str, args: Args | None = None,
                 flow_ids: Iterable[int] = ()) -> None:
         with self._lock:
-            self._emit(self._event(ts, track_uuid, TrackEvent.TYPE_INSTANT, name, category, args, flow_ids))
+            self._write_event(ts, track_uuid, TYPE_INSTANT, name, category, args, flow_ids)
 
     def counter(self, track_uuid: int, ts: int, value: float) -> None:
         with self._lock:
-            pkt = self._event(ts, track_uuid, TrackEvent.TYPE_COUNTER, None, None)
-            if isinstance(value, int):
-                pkt.track_event.counter_value = value
-            else:
-                pkt.track_event.double_counter_value = float(value)
-            self._emit(pkt)
+            self._write_event(ts, track_uuid, TYPE_COUNTER, None, None, counter=value)
 
     def flush(self) -> None:
         with self._lock:
