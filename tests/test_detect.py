@@ -169,6 +169,27 @@ def test_online_detector_has_bounded_state(model):
     assert det._shift.buf.maxlen == 2 * det.config.shift_window
 
 
+def test_cusum_catches_a_small_persistent_slowdown(model):
+    """A 22% slowdown stays under the enter limit (~+27%) most of the time: the CUSUM raises it within a few
+    batches and flags back to where it began; normal batches raise nothing; old files run without it."""
+    det = OnlineDetector(model, DetectorConfig(k_severe=None))
+    cs = det.cusum
+    assert cs is not None and cs.h >= 2 * cs.clip
+    rng = np.random.default_rng(1)
+    exp, alarms, flags = 20e6, [], set()
+    for i in range(400):
+        slow = 1.22 if 300 <= i < 360 else 1.0
+        v = det.step(i * 25_000_000, int(exp * slow * np.exp(rng.normal(0, 0.03))), exp, "decode")
+        flags.update(v.flagged)
+        if v.alarm is not None:
+            alarms.append(v.alarm)
+    assert len(alarms) == 1 and alarms[0].trigger == "cusum", alarms
+    assert 300 < alarms[0].alarm_idx <= 310 and alarms[0].start_idx == 300, alarms[0]
+    assert min(flags) == 300 and len(flags) >= 50
+    old = {k: v for k, v in model.calibration_.items() if k != "cusum_resid"}   # a model saved before the CUSUM
+    assert OnlineDetector(model, calibration=old).cusum is None
+
+
 def test_injected_faults_are_detected(model, traces):
     for name in ("cpu_contention", "stall"):
         b, labels = traces[name]
@@ -198,10 +219,14 @@ def test_workload_only_changes_are_shifts_not_anomalies(model, traces):
         res = detect(b, model)
         lab = labels[labels["kind"] == "workload"].iloc[0]
         an = res.anomalies
-        # nothing while the workload changed; at most a lone stalled batch elsewhere (these recordings
-        # were made on a shared machine: an unlabelled 60-100 ms stall of the server can happen)
+        # nothing while the workload changed; at most one unlabelled event elsewhere (these recordings
+        # were made on a shared machine): a lone stalled batch (an unlabelled 60-100 ms stall of the
+        # server), or a short run the CUSUM finds that is really 20% or more slower than the model
+        # (workload_concurrency has 12 single-sequence decode steps at about +22%, 15 s before its step)
         assert not ((an["start"] < lab["end_ns"]) & (an["end"] > lab["start_ns"])).any(), (name, an)
-        assert len(an) <= 1 and (an["n_flagged"] == 1).all() and (an["trigger"] == "severe").all(), (name, an)
+        lone_stall = (an["n_flagged"] == 1) & (an["trigger"] == "severe")
+        slow_run = (an["trigger"] == "cusum") & (an["slowdown"] >= 1.2) & (an["n_flagged"] <= 20)
+        assert len(an) <= 1 and (lone_stall | slow_run).all(), (name, an)
         inside = (res.batches["ts"] < lab["end_ns"]) & (res.batches["ts"] + res.batches["dur"] > lab["start_ns"])
         assert not res.batches.loc[inside, "flag"].any()
         sh = res.workload_shifts

@@ -10,7 +10,7 @@
         if v.alarm: ...                        # raised at this batch
         v.flagged                              # batch indices flagged now (may reach back a few batches)
 
-The rule (LatencyPrism's control limit, plus persistence and hysteresis):
+The rule (LatencyPrism's control limit, plus persistence, hysteresis and a CUSUM):
 
 - residual: relative error ``e = dur / expected - 1`` (one-sided: only slower
   than expected counts);
@@ -24,7 +24,8 @@ The rule (LatencyPrism's control limit, plus persistence and hysteresis):
   percentile (and at least its 10 largest values; see model._stats): rare
   hiccups in the baseline do not widen the limits;
 - an anomaly opens when ``m`` of the last ``n`` batches exceed ``L``
-  (persistence: one slow batch is not an alarm), or when one batch exceeds
+  (persistence: one slow batch is not an alarm), when the CUSUM below
+  crosses ``h`` (a smaller slowdown that persists), or when one batch exceeds
   ``L_severe`` (a stall); on opening, the run of batches above ``L_in`` (above
   ``L`` for a single severe batch) just before it is flagged too, so the
   flags start where the slowdown started (the alarm itself is not
@@ -33,6 +34,32 @@ The rule (LatencyPrism's control limit, plus persistence and hysteresis):
   anomaly opened by one severe batch has not become persistent); it closes
   after ``close_after`` batches in a row at or below that limit and ends at
   its last flagged batch.
+
+- a one-sided CUSUM on the log ratio ``x = log(dur / expected)`` catches
+  small persistent slowdowns (20-30%) that stay under ``L`` most of the time,
+  so that m of n fires late or never: ``S_t = max(0, S_{t-1} + clip(x_t -
+  ref, -c, c))``, an anomaly opens (trigger 'cusum') when ``S_t > h``. Why a
+  CUSUM: it is the quickest detector of a persistent mean shift for a given
+  false-alarm rate (Page; Lorden), with O(1) work and memory per batch.
+  ``ref = median + log(1 + cusum_shift) / 2`` per phase (the reference value
+  for a shift of ``cusum_shift``, 20% by default: the slowdown the detector
+  must catch); ``c = cusum_clip * log(1 + cusum_shift)`` bounds what one
+  batch adds (a preempted or stalled batch counts no more than half the
+  target shift's evidence beyond ref: single slow batches are the severe
+  rule's business, and the residuals' right tail is heavy). ``h`` is set for
+  an in-control average run length of ``cusum_arl0`` batches from the
+  model's out-of-fold residuals on normal data in time order (see
+  cusum_from_calibration): the CUSUM is run over them and the tail of its
+  excursion heights is extrapolated, which keeps what a normal-theory
+  formula would miss (autocorrelation about 0.3, bursts of slow batches on a
+  busy machine). ``cusum_arl0 = 1e4``: on the baseline's own out-of-fold
+  residuals the m-of-n rule alarms about once per 1.5e3 batches, so the
+  CUSUM adds little to the in-control alarm rate. S is held at 0 while an
+  anomaly is open and restarts from 0 when it closes. On a CUSUM alarm (and
+  a persistent one) the flags reach back over the batches above ``L_in``
+  since the CUSUM's excursion began (the last time S was 0: where the
+  slowdown started, as far as the CUSUM can tell), within ``lookback``.
+  Models saved without the out-of-fold sample run without the CUSUM.
 
 Defaults (k=3, k_in=0.5, 3 of 4, k_severe=12, severe_excess=4) were chosen on
 a separate set of labelled recordings from the sample traces'; see
@@ -68,6 +95,10 @@ class DetectorConfig:
     close_after: int = 5            # batches in a row within the stay limit that close an anomaly
     min_limit: float = 0.05         # floor of the enter limit (relative error)
     min_limit_in: float = 0.03      # floor of the stay limit
+    cusum: bool = True              # the one-sided CUSUM on log(dur / expected) (small persistent slowdowns)
+    cusum_shift: float = 0.2        # slowdown it is tuned for (ratio - 1): reference = median + log(1 + shift) / 2
+    cusum_clip: float = 0.5         # a batch moves the CUSUM by at most this x log(1 + shift)
+    cusum_arl0: float = 1e4         # in-control batches between false CUSUM alarms (sets the decision interval)
     lookback: int = 64              # how far back flags may reach when an anomaly opens
     shift_window: int = 48          # batches per window of the workload-shift test
     shift_threshold: float = 0.25   # |change| of mean log(expected) that makes a shift (0.25 ~ 28%)
@@ -86,6 +117,73 @@ class Limits:
     stay: float
     severe: float
     severe_excess_ns: float = 0.0
+
+
+@dataclass
+class CusumParams:
+    ref: dict            # phase -> reference (log ratio): the phase's in-control median + log(1 + shift) / 2
+    clip: float          # each batch's increment is clipped to [-clip, clip]
+    h: float             # decision interval: alarm when S > h
+
+    def reference(self, phase) -> float:
+        r = self.ref.get(str(phase))
+        return self.ref.get("all", 0.0) if r is None else r
+
+
+def _cusum_path_heights(z: np.ndarray, drift: float, clip: float) -> np.ndarray:
+    """Heights of the excursions (from 0 back to 0) of S = max(0, S + clip(z - drift))."""
+    s, top, out = 0.0, 0.0, []
+    for v in z.tolist():
+        s = max(0.0, s + min(max(v - drift, -clip), clip))
+        if s > 0.0:
+            top = max(top, s)
+        elif top > 0.0:
+            out.append(top)
+            top = 0.0
+    if top > 0.0:
+        out.append(top)
+    return np.asarray(out)
+
+
+def cusum_from_calibration(calibration: dict, config: DetectorConfig) -> CusumParams | None:
+    """Reference, clip and decision interval of the CUSUM from a model's calibration (None: switched off).
+
+    With the model's out-of-fold sample (``cusum_resid``): the CUSUM is run over
+    it, and the tail of its excursion heights (the largest 10%, at least 10) is
+    fitted with an exponential, P(H > x) = p_u exp(-theta (x - u)); with r
+    excursions per batch, the false-alarm rate at h is r p_u exp(-theta (h - u)),
+    set to 1 / arl0. Without that sample (model files saved before it existed,
+    or fewer than 20 excursions) the CUSUM is off (None): a normal approximation
+    of these heavy-tailed, autocorrelated residuals sets h far too low. h is at
+    least 2 x clip, so that no fewer than three batches can raise it.
+    """
+    if not config.cusum or not calibration:
+        return None
+    delta = math.log1p(config.cusum_shift)
+    clip = config.cusum_clip * delta
+    ref = {}
+    for key, st in calibration.items():
+        if isinstance(st, dict) and st.get("n", 0):
+            med = st.get("log_q50")
+            if med is None:
+                med = math.log1p(float(st.get("q50", 0.0)))
+            ref[str(key)] = float(med) + delta / 2
+    if "all" not in ref:
+        return None
+    h = math.nan
+    sample = calibration.get("cusum_resid")
+    if sample is not None and len(sample) >= 200:
+        z = np.asarray(sample, dtype=np.float64)
+        heights = np.sort(_cusum_path_heights(z[np.isfinite(z)], delta / 2, clip))[::-1]
+        if len(heights) >= 20:
+            top = heights[:max(10, len(heights) // 10)]
+            u = float(top[-1])
+            theta = 1.0 / max(float(np.mean(top - u)), 1e-9)
+            rate = len(heights) / len(z) * len(top) / len(heights)      # r * p_u
+            h = u + math.log(max(rate * config.cusum_arl0, 1.0)) / theta
+    if not math.isfinite(h):
+        return None
+    return CusumParams(ref, clip, max(h, 2.0 * clip))
 
 
 def limits_from_calibration(calibration: dict, config: DetectorConfig) -> dict[str, Limits]:
@@ -171,6 +269,7 @@ class Verdict:
     rel_error: float
     exceed: bool
     flagged: list[int] = field(default_factory=list)   # batch indices flagged now (this one and back-dated)
+    cusum: float = 0.0                                  # the CUSUM statistic after this batch
     alarm: Anomaly | None = None                        # an anomaly raised at this batch
     closed: Anomaly | None = None                       # an anomaly that ended (at an earlier batch)
     shift: WorkloadShift | None = None
@@ -253,6 +352,9 @@ class OnlineDetector:
         if cal is None:
             raise ValueError("OnlineDetector needs a fitted model or a calibration")
         self.limits = limits_from_calibration(cal, self.config)
+        self.cusum = cusum_from_calibration(cal, self.config)
+        self._s = 0.0                 # CUSUM statistic
+        self._s_start = -1            # first batch of the CUSUM's current excursion (-1: S is 0)
         self.on_alarm = on_alarm
         c = self.config
         # ring entries: [idx, ts, end, e, exceed, flagged, obs, exp, z, stay limit, enter limit]
@@ -304,24 +406,48 @@ class OnlineDetector:
         self._n_exceed_window.append(int(exceed))
         self._count += int(exceed)
         self._ring.append(entry)
+        cs = self.cusum
+        if cs is not None and self._open is None and dur > 0 and expected > 0:
+            x = math.log(dur / expected) - cs.reference(phase)
+            self._s = max(0.0, self._s + min(max(x, -cs.clip), cs.clip))
+            if self._s <= 0.0:
+                self._s_start = -1
+            elif self._s_start < 0:
+                self._s_start = i
+        v.cusum = self._s
 
         if self._open is None:
             severe = e > lim.severe and dur - expected > lim.severe_excess_ns
-            if self._count >= c.m or severe:
+            drifted = cs is not None and self._s > cs.h
+            if self._count >= c.m or severe or drifted:
                 persistent = self._count >= c.m
-                an = Anomaly(self._next_id, i, ts, i, end, "persistent" if persistent else "severe")
+                trigger = "persistent" if persistent else ("cusum" if drifted else "severe")
+                an = Anomaly(self._next_id, i, ts, i, end, trigger)
                 self._next_id += 1
                 # back-date the flags over the run of batches above the stay limit that ends here
-                # (a single severe batch: only over batches beyond the enter limit)
+                # (a single severe batch: only over batches beyond the enter limit), and for a
+                # persistent or CUSUM alarm over the batches above the stay limit since the CUSUM's
+                # excursion began (where the slowdown started, as far as the CUSUM can tell)
                 run = []
                 for ent in reversed(self._ring):
-                    if ent[3] > (ent[9] if persistent else ent[10]):
+                    if ent[3] > (ent[10] if trigger == "severe" else ent[9]):
                         run.append(ent)
                     else:
                         break
+                if trigger != "severe" and self._s_start >= 0:
+                    seen = {ent[0] for ent in run}
+                    run += [ent for ent in reversed(self._ring)
+                            if ent[0] >= self._s_start and ent[0] not in seen and ent[3] > ent[9]]
+                    run.sort(key=lambda ent: -ent[0])
                 for ent in reversed(run):
                     self._flag(an, ent, v)
+                if trigger == "cusum":
+                    an.evidence += 3.0        # a CUSUM crossing counts as much as one batch 3 sigma beyond L
+                if not run:                   # (cannot happen: the alarm batch is above its limit)
+                    run = [entry]
+                    self._flag(an, entry, v)
                 an.start_idx, an.start_ts = run[-1][0], run[-1][1]
+                self._s, self._s_start = 0.0, -1
                 self._open = an
                 self._quiet = 0
                 v.alarm = an
@@ -332,7 +458,7 @@ class OnlineDetector:
             if an.trigger == "severe" and self._count >= c.m:
                 an.trigger = "persistent"
             # after a single severe batch only batches beyond the enter limit count, until it persists
-            if e > (lim.stay if an.trigger == "persistent" else lim.enter):
+            if e > (lim.enter if an.trigger == "severe" else lim.stay):
                 self._flag(an, entry, v)
                 self._quiet = 0
             else:
@@ -363,6 +489,7 @@ class OnlineDetector:
         an.open = False
         self._open = None
         self._quiet = 0
+        self._s, self._s_start = 0.0, -1
         self.anomalies.append(an)
         return an
 

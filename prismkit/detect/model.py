@@ -31,8 +31,12 @@ The model also keeps the *control limits* the detector uses: fitting runs a
 K-fold cross-fit on the baseline, and the out-of-fold relative errors
 ``dur / expected - 1`` give, per phase, the mean and standard deviation of the
 one-sided relative error (LatencyPrism's mean + k sigma rule) and a few high
-quantiles. Out-of-fold, because in-sample residuals of boosted trees are too
-optimistic to set a limit from.
+quantiles, and the out-of-fold log residuals in time order (centred on their
+phase's median, at most ``CUSUM_SAMPLE``) from which the detector's CUSUM
+sets its decision interval. Out-of-fold, because in-sample residuals of
+boosted trees are too optimistic to set a limit from. Version-2 files saved
+before the CUSUM sample existed still load; the detector then falls back to a
+normal approximation from their quantiles.
 
 Saved as one JSON file (format version 2): metadata, calibration, the base's
 parameters, the trees' support and the LightGBM text model; predictions after
@@ -79,6 +83,7 @@ SIZE_BINS = [0, 1, 2, 4, 16, 64, 256, 1024, np.inf]
 SIZE_LABELS = ["1", "2", "3-4", "5-16", "17-64", "65-256", "257-1024", ">1024"]
 FORMAT = "prismkit.workload_model"
 FORMAT_VERSION = 2
+CUSUM_SAMPLE = 20_000   # out-of-fold residuals kept (time order) for the detector's CUSUM calibration
 
 
 def _batches_of(obj) -> pd.DataFrame:
@@ -478,6 +483,20 @@ class WorkloadModel:
             if m.sum() >= 30:
                 cal[str(ph)] = _stats(rel[m], excess[m])
         cal["oof_mape"] = float(np.mean(np.abs(1.0 / (1.0 + rel) - 1.0)))
+        # The CUSUM's in-control sample: log(dur / expected) minus its phase's median, in time order
+        # (the detector sets its decision interval from the excursions of a CUSUM run over it, which
+        # keeps the autocorrelation and the bursts of normal operation).
+        lr = np.log(np.where(oof > 0, dur / np.where(oof > 0, oof, 1.0), np.nan))
+        centred = np.full(n, np.nan)
+        for key, st in cal.items():
+            if isinstance(st, dict) and key != "all":
+                centred[phase == key] = lr[phase == key] - st.get("log_q50", 0.0)
+        rest = np.isnan(centred)
+        centred[rest] = lr[rest] - cal["all"].get("log_q50", 0.0)
+        order = np.argsort(pd.to_numeric(b["ts"]).to_numpy(), kind="stable") if "ts" in b.columns else np.arange(n)
+        seq = centred[order]
+        seq = seq[np.isfinite(seq)][-CUSUM_SAMPLE:]
+        cal["cusum_resid"] = [round(float(v), 5) for v in seq]
         return cal
 
     # -- prediction ---------------------------------------------------------------
@@ -626,7 +645,9 @@ def _stats(rel: np.ndarray, excess: np.ndarray, winsor: float | None = None) -> 
     pos_w = np.minimum(pos, np.quantile(pos, winsor))
     q = np.quantile(rel, [0.5, 0.9, 0.99, 0.999])
     xq = np.quantile(np.maximum(excess, 0.0), [0.99, 0.999])
+    lr = np.log1p(rel[rel > -1.0])
     return {"n": int(len(rel)), "mean": float(pos_w.mean()), "std": float(pos_w.std()),
+            "log_q50": float(np.median(lr)) if len(lr) else 0.0,
             "mean_raw": float(pos.mean()), "std_raw": float(pos.std()),
             "rel_mean": float(rel.mean()), "rel_std": float(rel.std()), "q50": float(q[0]), "q90": float(q[1]),
             "q99": float(q[2]), "q999": float(q[3]), "excess_q99_ns": float(xq[0]),
