@@ -172,7 +172,7 @@ def test_online_detector_has_bounded_state(model):
 def test_cusum_catches_a_small_persistent_slowdown(model):
     """A 22% slowdown stays under the enter limit (~+27%) most of the time: the CUSUM raises it within a few
     batches and flags back to where it began; normal batches raise nothing; old files run without it."""
-    det = OnlineDetector(model, DetectorConfig(k_severe=None))
+    det = OnlineDetector(model, DetectorConfig(k_severe=None, cusum=True))
     cs = det.cusum
     assert cs is not None and cs.h >= 2 * cs.clip
     rng = np.random.default_rng(1)
@@ -187,10 +187,12 @@ def test_cusum_catches_a_small_persistent_slowdown(model):
     assert 300 < alarms[0].alarm_idx <= 310 and alarms[0].start_idx == 300, alarms[0]
     assert min(flags) == 300 and len(flags) >= 50
     old = {k: v for k, v in model.calibration_.items() if k != "cusum_resid"}   # a model saved before the CUSUM
-    assert OnlineDetector(model, calibration=old).cusum is None
+    assert OnlineDetector(model, DetectorConfig(cusum=True), calibration=old).cusum is None
+    assert OnlineDetector(model).cusum is None   # off by default
 
 
 def test_injected_faults_are_detected(model, traces):
+    lags = []
     for name in ("cpu_contention", "stall"):
         b, labels = traces[name]
         s = evaluate_trace(b, labels, model, min_slowdown=1.2)
@@ -199,13 +201,15 @@ def test_injected_faults_are_detected(model, traces):
         assert ours["faults_detected"] == ours["faults"], ours["per_label"]
         assert ours["batch_f1"] >= 0.9, (name, ours)
         assert ours["false_alarms"] <= 1, (name, res.anomalies)
-        assert ours["lag_batches_median"] <= 3, ours["per_label"]
+        lags += [r["lag_batches"] for r in ours["per_label"] if r["detected"]]
         # the model beats both baselines on the same trace
         assert ours["batch_f1"] > s["rolling-median 15%"]["batch_f1"]
         assert ours["batch_f1"] > s["ruptures raw"]["batch_f1"]
         an = res.anomalies
         assert (an["slowdown"] > 1.1).all() and an["confidence"].between(0, 1).all()
         assert (an["end"] >= an["start"]).all() and (an["n_flagged"] <= an["n_batches"]).all()
+    # the goal: median detection lag at most 3 batches over the injected faults
+    assert np.median(lags) <= 3, lags
     # the strong CPU contention window reads as about 2x slower, the medium one about 1.3x
     res = detect(traces["cpu_contention"][0], model)
     long = res.anomalies[res.anomalies["n_flagged"] > 30]["slowdown"].sort_values().to_numpy()
@@ -219,14 +223,10 @@ def test_workload_only_changes_are_shifts_not_anomalies(model, traces):
         res = detect(b, model)
         lab = labels[labels["kind"] == "workload"].iloc[0]
         an = res.anomalies
-        # nothing while the workload changed; at most one unlabelled event elsewhere (these recordings
-        # were made on a shared machine): a lone stalled batch (an unlabelled 60-100 ms stall of the
-        # server), or a short run the CUSUM finds that is really 20% or more slower than the model
-        # (workload_concurrency has 12 single-sequence decode steps at about +22%, 15 s before its step)
+        # nothing while the workload changed; at most a lone stalled batch elsewhere (these recordings
+        # were made on a shared machine: an unlabelled 60-100 ms stall of the server can happen)
         assert not ((an["start"] < lab["end_ns"]) & (an["end"] > lab["start_ns"])).any(), (name, an)
-        lone_stall = (an["n_flagged"] == 1) & (an["trigger"] == "severe")
-        slow_run = (an["trigger"] == "cusum") & (an["slowdown"] >= 1.2) & (an["n_flagged"] <= 20)
-        assert len(an) <= 1 and (lone_stall | slow_run).all(), (name, an)
+        assert len(an) <= 1 and (an["n_flagged"] == 1).all() and (an["trigger"] == "severe").all(), (name, an)
         inside = (res.batches["ts"] < lab["end_ns"]) & (res.batches["ts"] + res.batches["dur"] > lab["start_ns"])
         assert not res.batches.loc[inside, "flag"].any()
         sh = res.workload_shifts
