@@ -77,6 +77,24 @@ static __always_inline void http_count_lost(void) {
     if (lost) (*lost)++;
 }
 
+struct http_wake { u64 pending; };   // records since the last forced wakeup (approximate across CPUs)
+BPF_ARRAY(http_wake_state, struct http_wake, 1);
+// No wakeup per record: each would make the recorder preempt a server thread (one
+// per streamed chunk). The engine drains the buffer every poll interval; a wakeup is
+// forced only when about a quarter of the buffer is waiting, so nothing is lost.
+#define HTTP_WAKEUP_RECORDS ((u64)RINGBUF_PAGES * 4096 / 4 / (sizeof(struct http_event) + 8))
+static __always_inline u64 http_submit_flags(void) {
+    int z = 0;
+    struct http_wake *w = http_wake_state.lookup(&z);
+    if (!w) return 0;
+    w->pending += 1;
+    if (w->pending >= HTTP_WAKEUP_RECORDS) {
+        w->pending = 0;
+        return BPF_RB_FORCE_WAKEUP;
+    }
+    return BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline struct http_event *http_reserve(void) {
     struct http_event *ev = http_events.ringbuf_reserve(sizeof(struct http_event));
     if (!ev) {
@@ -164,7 +182,7 @@ static __always_inline int http_accepted(u64 id, u64 ts_enter, u32 listen_fd, s6
     ev->fd = (u32)ret;
     ev->kind = HTTP_ACCEPT;
     ev->aux = conn.port;
-    http_events.ringbuf_submit(ev, 0);
+    http_events.ringbuf_submit(ev, http_submit_flags());
     return 0;
 }
 
@@ -229,7 +247,7 @@ static __always_inline int http_exit_io(s64 ret) {
             __builtin_memset(ev->path, 0, HTTP_PATH_LEN);
     }
 #endif
-    http_events.ringbuf_submit(ev, 0);
+    http_events.ringbuf_submit(ev, http_submit_flags());
     return 0;
 }
 
@@ -249,7 +267,7 @@ static __always_inline int http_fd_gone(u32 fd, u32 kind, u32 how) {
     ev->fd = fd;
     ev->kind = kind;
     ev->aux = how;
-    http_events.ringbuf_submit(ev, 0);
+    http_events.ringbuf_submit(ev, http_submit_flags());
     return 0;
 }
 

@@ -85,8 +85,8 @@ BPF_ARRAY(sched_wake_state, struct sched_wake, 1);
 // the buffer is waiting: a wakeup per record would make the recorder itself
 // preempt the target's threads once per record, each preemption producing the
 // next record (measured: a self-sustaining 30k records/s loop on a 2-CPU
-// host). Records left behind by a quiet spell are drained by the sampler.
-#define SCHED_WAKEUP_NS 10000000ULL
+// host). The engine also drains every buffer each poll interval (50 ms).
+#define SCHED_WAKEUP_NS 250000000ULL
 #define SCHED_WAKEUP_RECORDS ((u64)RINGBUF_PAGES * 4096 / 4 / (sizeof(struct sched_event) + 8))
 static __always_inline u64 sched_submit_flags(u64 now) {
     int z = 0;
