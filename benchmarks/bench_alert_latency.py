@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--resolve-after", type=float, default=0.3,
                     help="seconds without anomaly that end an episode (short: more episodes to measure)")
     ap.add_argument("--nice", type=int, default=-15, help="autogroup nice of the watcher (None: leave)")
-    ap.add_argument("--live-priority", type=int, default=10,
+    ap.add_argument("--live-priority", type=int, default=0,
                     help="SCHED_FIFO priority of the live thread and the webhook sender (0: normal)")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "bench_alert")
     ap.add_argument("--pid", type=int, default=None, help="watch this running server instead of starting one")

@@ -62,7 +62,7 @@ class WatchConfig:
     min_excess_ms: float = 2.0                      # alert once an anomaly has cost this much batch time
     inline: bool = True                             # detect in the recorder's batch callback (else: a queue + thread)
     switch_interval_s: float | None = 0.001         # GIL switch interval: other threads give the recorder the GIL sooner
-    live_rt_priority: int | None = 10               # SCHED_FIFO for the recorder's live/polling threads (None: normal)
+    live_rt_priority: int | None = None             # SCHED_FIFO for the recorder's live thread (None: normal; see cli)
     verbose: bool = True
 
 
