@@ -297,6 +297,9 @@ class Recorder:
         try:
             for p in packs:
                 p.start(bpf, ctx)
+            for p in packs:  # now that every pack has registered its observers
+                if hasattr(p, "set_live"):
+                    p.set_live(bpf, bool(ctx.live_observers))
             if ctx.live_buffers:
                 self._live = _LivePoller(bpf, ctx.live_buffers, self.poll_interval_ms, self._log,
                                          self.rt_priority)

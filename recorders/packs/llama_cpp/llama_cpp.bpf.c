@@ -55,6 +55,7 @@ BPF_PERCPU_ARRAY(llama_lost, u64, 1);
 BPF_HASH(llama_open_batch, u32, struct llama_event, 1024);
 BPF_HASH(llama_open_stage, u64, u64, 4096);      // (tid << 8 | stage) -> entry ts
 BPF_PROG_ARRAY(llama_progs, 2);                  // 0: llama_tokens_chunk, 1: llama_batch_fold
+BPF_ARRAY(llama_wake_per_batch, u32, 1);         // 1: someone watches batches live (pack.py sets it)
 
 static __always_inline void llama_count_lost(void) {
     int zero = 0;
@@ -173,8 +174,12 @@ int llama_decode_return(struct pt_regs *ctx) {
     __builtin_memcpy(ev, open, sizeof(*ev));
     ev->ts_end = bpf_ktime_get_ns();
     ev->ret = (s32)PT_REGS_RC(ctx);
-    // A finished batch is what the online detector waits for: wake the consumer now.
-    llama_events.ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
+    // A finished batch is what an online detector waits for: wake the consumer now. With
+    // nobody watching live, the engine drains the buffer every poll interval instead
+    // (each wakeup preempts one of the server's lockstep compute threads).
+    int zero = 0;
+    u32 *live = llama_wake_per_batch.lookup(&zero);
+    llama_events.ringbuf_submit(ev, (live && *live) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
     llama_open_batch.delete(&tid);
     return 0;
 }

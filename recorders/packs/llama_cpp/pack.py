@@ -147,6 +147,10 @@ class LlamaCppPack(ProbePack):
         self._seqs_track = ctx.writer.counter_track("batch.n_seqs", ctx.process_track, "sequences")
         ctx.open_ring_buffer(bpf, "llama_events", self._on_record, live=True)
 
+    def set_live(self, bpf, live: bool) -> None:
+        """Wake the consumer once per finished batch only when live observers wait for it."""
+        bpf["llama_wake_per_batch"][ct.c_int(0)] = ct.c_uint32(1 if live else 0)
+
     def _on_record(self, _cpu, data, _size) -> None:
         """On the engine's live thread: copy the record, show a batch to the live observers
         (the online detector) at once, and leave the writing to the polling thread."""
