@@ -20,6 +20,7 @@ import http.client
 import json
 import os
 import queue
+import socket
 import sys
 import threading
 import time
@@ -108,12 +109,14 @@ class JsonlSink(Sink):
 
 
 class WebhookSink(Sink):
-    """POST each event as JSON to `url` from a thread of its own; retries with exponential backoff.
+    """POST each event as JSON to `url`; retries with exponential backoff; never blocks the caller.
 
     One kept-alive HTTP/1.1 connection (re-opened when the receiver closes it or
-    fails): a new connection and urllib's machinery per alert cost milliseconds.
-    `rt_priority` runs the sender thread SCHED_FIFO (prism watch passes its live
-    thread's priority), so that a busy host does not hold an alert back.
+    fails). When that connection is idle, `emit` writes the request straight
+    into its socket without waiting (MSG_DONTWAIT: the alert leaves at once,
+    with no thread hand-off on the alert path) and the sender thread reads the
+    answer; otherwise, and for https, the sender thread does the whole POST.
+    `rt_priority` runs the sender thread SCHED_FIFO.
     """
 
     name = "webhook"
@@ -126,38 +129,117 @@ class WebhookSink(Sink):
             raise PrismError(f"webhook URL must be http(s)://host[:port]/path (got {url!r})")
         self.url = url
         self._https = parts.scheme == "https"
-        self._host, self._port = parts.hostname, parts.port
-        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._conn: http.client.HTTPConnection | None = None
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._https else 80)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host = self._host if parts.port is None else f"{self._host}:{parts.port}"
+        self._head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                      "Content-Length: ").encode()
+        self._sock: socket.socket | None = None
+        self._idle = threading.Lock()   # held while a request is in flight on the connection
+        self._order = threading.Lock()  # guards _queued
+        self._queued = 0                # "post" events not delivered yet
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
         self.rt_priority = rt_priority
         self.failed = 0
+        self.direct = 0                 # events written from emit() itself
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="prism-webhook", daemon=True)
         self._thread.start()
 
-    def emit(self, alert: Alert) -> None:
-        self._q.put(alert)
+    def _request(self, alert: Alert) -> bytes:
+        body = alert.to_json().encode()
+        return self._head + str(len(body)).encode() + b"\r\n\r\n" + body
 
-    def _post(self, body: bytes) -> int:
-        """POST `body`; returns when the request had left (monotonic ns), after the answer came."""
-        if self._conn is None:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            self._conn = cls(self._host, self._port, timeout=self.timeout_s)
-        try:
-            self._conn.request("POST", self._path, body, {"Content-Type": "application/json"})
+    def emit(self, alert: Alert) -> None:
+        sock = self._sock
+        if sock is not None and not self._https and self._idle.acquire(blocking=False):
+            with self._order:
+                if self._queued:   # an earlier event still waits for the thread: keep the order
+                    self._idle.release()
+                    self._queued += 1
+                    self._q.put(("post", alert, None, 0, 0))
+                    return
+            req = self._request(alert)
+            try:
+                n = sock.send(req, socket.MSG_DONTWAIT)
+            except OSError:
+                n = 0
             sent_ns = time.monotonic_ns()
-            resp = self._conn.getresponse()
-            resp.read()
-        except Exception:
-            self._conn.close()
-            self._conn = None
-            raise
+            self.direct += n == len(req)
+            self._q.put(("answer", alert, req, n, sent_ns))   # the thread finishes it and releases _idle
+            return
+        with self._order:
+            self._queued += 1
+        self._q.put(("post", alert, None, 0, 0))
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection((self._host, self._port), timeout=self.timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._https:
+            import ssl
+
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self._host)
+        return sock
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        self._sock = None
+
+    def _answer(self) -> None:
+        """Read the answer to the request in flight; raise if it is not a success."""
+        resp = http.client.HTTPResponse(self._sock)
+        resp.begin()
+        resp.read()
+        if resp.will_close:
+            self._drop()
         if resp.status >= 300:
             raise OSError(f"webhook answered HTTP {resp.status}")
+
+    def _post(self, req: bytes) -> int:
+        """Send `req` on the connection (opening it if needed) and read the answer; returns when it left."""
+        if self._sock is None:
+            self._sock = self._connect()
+        try:
+            self._sock.sendall(req)
+            sent_ns = time.monotonic_ns()
+            self._answer()
+        except Exception:
+            self._drop()
+            raise
         return sent_ns
+
+    def _deliver(self, alert: Alert, req: bytes | None, n_sent: int, sent_ns: int) -> None:
+        """Finish one event: the rest of a direct write and its answer, or a whole POST, with retries."""
+        req = req or self._request(alert)
+        try:
+            if n_sent:  # emit() wrote (part of) it already: finish that write, read the answer
+                if n_sent < len(req):
+                    self._sock.sendall(req[n_sent:])
+                    sent_ns = time.monotonic_ns()
+                self._answer()
+                self._done(alert, sent_ns)
+                return
+        except Exception:
+            self.errors += 1
+            self._drop()
+        for attempt in range(self.retries + 1):
+            try:
+                # "left the sink": the accepted request's bytes were written to the socket
+                self._done(alert, self._post(req))
+                return
+            except (OSError, http.client.HTTPException, ValueError):
+                self.errors += 1
+                if attempt == self.retries:
+                    self.failed += 1
+                    return
+                time.sleep(self.backoff_s * (2 ** attempt))
 
     def _run(self) -> None:
         if self.rt_priority:
@@ -165,24 +247,25 @@ class WebhookSink(Sink):
                 os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO, os.sched_param(self.rt_priority))
             except OSError:
                 pass  # normal scheduling: still correct, only slower under load
+        try:  # connect ahead of the first alert (a receiver that is not up yet is retried per event)
+            self._sock = self._connect()
+        except OSError:
+            self._sock = None
         while True:
-            alert = self._q.get()
-            if alert is None:
+            item = self._q.get()
+            if item is None:
                 break
-            body = alert.to_json().encode()
-            for attempt in range(self.retries + 1):
-                try:
-                    # "left the sink": the accepted request's bytes were written to the socket
-                    self._done(alert, self._post(body))
-                    break
-                except (OSError, http.client.HTTPException, ValueError):
-                    self.errors += 1
-                    if attempt == self.retries:
-                        self.failed += 1
-                        break
-                    time.sleep(self.backoff_s * (2 ** attempt))
-        if self._conn is not None:
-            self._conn.close()
+            kind, alert, req, n_sent, sent_ns = item
+            if kind == "post":
+                self._idle.acquire()
+            try:
+                self._deliver(alert, req, n_sent, sent_ns)
+            finally:
+                if kind == "post":
+                    with self._order:
+                        self._queued -= 1
+                self._idle.release()
+        self._drop()
 
     def close(self, timeout: float = 5.0) -> None:
         self._q.put(None)
