@@ -1,6 +1,7 @@
 """proc_counters pack: periodic counters from /proc and the target's cgroup (no BPF).
 
-Counters (names as in docs/trace-format.md), written at each sample:
+Counters (names as in docs/trace-format.md), written at each sample (the
+per-thread ones at most once a second):
 - `cpu.<tid>` (thread track): share of one CPU the thread used since the last
   sample (from /proc/PID/task/TID/schedstat run time in ns; utime+stime from
   stat where schedstat is missing); `cpu.total` (process track): the sum;
@@ -30,6 +31,7 @@ TICK_NS = 1_000_000_000 // (os.sysconf("SC_CLK_TCK") or 100)
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PSI_RESOURCES = ("cpu", "memory", "io")
 CGROUP_RECHECK_S = 1.0
+THREAD_SAMPLE_NS = 1_000_000_000  # per-thread counters: once a second (process-wide ones: every sample)
 
 
 @dataclass
@@ -157,6 +159,7 @@ class ProcCountersPack(ProbePack):
     def __init__(self) -> None:
         self._pid = 0
         self._prev_ts = 0
+        self._prev_thread_ts = 0
         self._prev_cpu: dict[int, tuple[int, int]] = {}   # tid -> (run ns, run_delay ns or -1)
         self._prev_psi: dict[str, float] = {}
         self._last: dict[str, float] = {}
@@ -224,8 +227,13 @@ class ProcCountersPack(ProbePack):
         # the interval between the /proc reads themselves.
         now_ns = time.monotonic_ns()
         self.samples += 1
-        dt = now_ns - self._prev_ts if self._prev_ts else 0
-        self._sample_threads(ctx, now_ns, dt)
+        # Per-thread counters once a second: two /proc reads per thread per sample were a
+        # fifth of the recorder's own CPU time; the sched pack's in-kernel per-thread
+        # totals (sched.*_ns.<tid>) keep the fine-grained view.
+        if not self._prev_thread_ts or now_ns - self._prev_thread_ts >= THREAD_SAMPLE_NS:
+            dt = now_ns - self._prev_thread_ts if self._prev_thread_ts else 0
+            self._sample_threads(ctx, now_ns, dt)
+            self._prev_thread_ts = now_ns
         self._sample_process(ctx, now_ns)
         self._sample_psi(ctx, now_ns)
         self._sample_cgroup(ctx, now_ns)
