@@ -29,7 +29,7 @@ from ...target import TargetProcess
 from ..base import AttachReport, ProbePack
 from ..llama_cpp.pack import _Stage, write_nested
 from ..python.interp import Interpreter, _load_bias, find_interpreter, read_memory
-from ..python.pack import interp_defines
+from ..python.pack import PYOBJECT_H, interp_defines
 from . import inject
 
 MAX_ATTRS = 4
@@ -148,7 +148,7 @@ class PyMonitorPack(ProbePack):
 
     def bpf_text(self, target: TargetProcess, options: dict) -> str:
         assert self.interp is not None
-        return interp_defines(self.interp) + self.bpf_file.read_text()
+        return interp_defines(self.interp) + PYOBJECT_H.read_text() + self.bpf_file.read_text()
 
     def _callback_address(self, target: TargetProcess) -> tuple[str, int]:
         """(ELF file, file virtual address) of PySlice_Type.tp_new, read from the live type object."""

@@ -14,8 +14,6 @@
 
 #define PM_MAX_ATTRS 4
 #define PM_MAX_THREADS 128
-#define PM_MODE_VALUE 0
-#define PM_MODE_LEN 1
 #define PM_BEGIN 0
 #define PM_END 1
 
@@ -70,29 +68,6 @@ static __always_inline u64 pm_find_tstate(u32 tid) {
     return 0;
 }
 
-static __always_inline int pm_value(u64 obj, u32 mode, s64 *out) {
-    if (!obj) return 0;
-    u64 type = pm_u64(obj + 8);
-    if (mode == PM_MODE_LEN) {
-        if (type == PY_TYPE_LIST || type == PY_TYPE_TUPLE || type == PY_TYPE_DICT || type == PY_TYPE_UNICODE) {
-            *out = (s64)pm_u64(obj + PY_OFF_VAROBJ_SIZE);  // ob_size / ma_used / length: all at 16
-            return 1;
-        }
-        return 0;
-    }
-    if (type != PY_TYPE_LONG && type != PY_TYPE_BOOL) return 0;
-    u32 d[2] = {};
-    bpf_probe_read_user(d, sizeof(d), (void *)(obj + PY_OFF_LONG_DIGITS));
-    u64 tag = pm_u64(obj + PY_OFF_LONG_TAG);
-    u64 ndigits = tag >> 3;
-    if (ndigits > 2) return 0;
-    s64 v = 0;
-    if (ndigits >= 1) v = d[0] & 0x3fffffff;
-    if (ndigits == 2) v |= (s64)(d[1] & 0x3fffffff) << 30;
-    *out = (tag & 3) == 2 ? -v : v;
-    return 1;
-}
-
 int pm_callback(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     if ((id >> 32) != TARGET_PID) return 0;
@@ -133,7 +108,8 @@ int pm_callback(struct pt_regs *ctx) {
                 s32 slot = c->slot[i];
                 if (slot < 0 || slot > 255) continue;
                 s64 v = 0;
-                if (pm_value(pm_u64(frame + PY_OFF_IFRAME_LOCALSPLUS + 8 * (u64)slot), c->mode[i], &v)) {
+                u64 obj = pm_u64(frame + PY_OFF_IFRAME_LOCALSPLUS + 8 * (u64)slot);
+                if (obj && pyobj_value(obj, c->mode[i], &v)) {
                     e->attr[i] = v;
                     e->attr_ok |= 1u << i;
                 }

@@ -38,6 +38,9 @@ from ..cuda.core import GpuCore, GpuStep, core_text, find_library
 from ..cuda.pack import DEFER_TO
 from .interp import Interpreter, find_interpreter
 
+#: CPython object reads shared with the pymonitor pack (include-guarded BPF C)
+PYOBJECT_H = Path(__file__).with_name("pyobject.bpf.h")
+
 REC_PYCODE = 3
 MAX_SPECS = 4
 MAX_PATH = 4
@@ -144,7 +147,7 @@ class PythonPack(ProbePack):
     def bpf_text(self, target: TargetProcess, options: dict) -> str:
         assert self.interp is not None
         return (core_text() + "\n" + interp_defines(self.interp) + f"#define PY_NSPECS {len(self.specs)}\n"
-                + self.bpf_file.read_text())
+                + PYOBJECT_H.read_text() + self.bpf_file.read_text())
 
     def attach(self, bpf, target: TargetProcess, report: AttachReport) -> None:
         from bcc import BPF

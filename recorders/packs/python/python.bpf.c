@@ -26,8 +26,6 @@
 #define PY_STR 64               // names compared: up to 63 bytes, ASCII
 #define GPU_REC_PYCODE 3
 
-#define PY_MODE_VALUE 0
-#define PY_MODE_LEN 1
 
 struct py_str {                 // a wanted name, zero padded
     u32 len;
@@ -369,37 +367,6 @@ static __always_inline u64 py_getattr(u64 obj, struct py_str *want, struct py_sc
     return 0;
 }
 
-// The int value (PY_MODE_VALUE: int/bool, up to 60 bits) or len() (list, tuple, dict, str) of obj.
-static __always_inline int py_final_value(u64 obj, u32 mode, s64 *out) {
-    u64 type = py_read_u64(obj + 8);
-    if (mode == PY_MODE_LEN) {
-        if (type == PY_TYPE_LIST || type == PY_TYPE_TUPLE || type == PY_TYPE_DICT || type == PY_TYPE_UNICODE) {
-            // ob_size / ma_used / length: all at offset 16
-            *out = (s64)py_read_u64(obj + PY_OFF_VAROBJ_SIZE);
-            return 1;
-        }
-        return 0;
-    }
-    if (type != PY_TYPE_LONG && type != PY_TYPE_BOOL) return 0;
-    u32 d[2] = {};
-    bpf_probe_read_user(d, sizeof(d), (void *)(obj + PY_OFF_LONG_DIGITS));
-#if PY_MINOR >= 12
-    u64 tag = py_read_u64(obj + PY_OFF_LONG_TAG);
-    u64 ndigits = tag >> 3;
-    int negative = (tag & 3) == 2;
-#else
-    s64 size = (s64)py_read_u64(obj + PY_OFF_VAROBJ_SIZE);
-    int negative = size < 0;
-    u64 ndigits = negative ? (u64)(-size) : (u64)size;
-#endif
-    if (ndigits > 2) return 0;
-    s64 v = 0;
-    if (ndigits >= 1) v = d[0] & 0x3fffffff;
-    if (ndigits == 2) v |= (s64)(d[1] & 0x3fffffff) << 30;
-    *out = negative ? -v : v;
-    return 1;
-}
-
 int py_attr(struct pt_regs *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
@@ -440,7 +407,7 @@ int py_attr(struct pt_regs *ctx) {
         return 0;
     }
     s64 v = 0;
-    if (py_final_value(sc->obj, spec->mode, &v)) {
+    if (pyobj_value(sc->obj, spec->mode, &v)) {
         s->py_attr[i & (GPU_PY_ATTRS - 1)] = v;
         s->py_attr_ok |= 1u << (i & 31);
         py_stat(2);
