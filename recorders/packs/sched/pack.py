@@ -203,13 +203,8 @@ class SchedPack(ProbePack):
     def sample(self, ctx, now_ns: int) -> None:
         if self._bpf is None:
             return
-        # The BPF side wakes the consumer only every 10 ms (see sched.bpf.c): drain
-        # what a quiet spell left in the buffer. This runs on the engine's polling
-        # thread, which is the one that runs every ring buffer callback anyway.
-        try:
-            self._bpf.ring_buffer_consume()
-        except Exception:
-            pass
+        # (Records the BPF side submitted without a wakeup are drained by the engine every
+        # poll interval, before this runs.)
         totals = self.thread_totals()
         for tid, tot in totals.items():
             if tid in self._exited:
