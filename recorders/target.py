@@ -51,6 +51,20 @@ class TargetProcess:
         return None
 
     def alive(self) -> bool:
+        """False once the process has exited (a zombie counts as exited). Asked every poll
+        interval: a pidfd turns readable when the process exits, so this is one poll()
+        without a /proc read (falls back to /proc/PID/stat where pidfds are missing)."""
+        pidfd = self.__dict__.get("_pidfd")
+        if pidfd is None:
+            try:
+                pidfd = os.pidfd_open(self.pid)
+            except (AttributeError, OSError):
+                pidfd = -1
+            self.__dict__["_pidfd"] = pidfd
+        if pidfd >= 0:
+            import select
+
+            return not select.select([pidfd], [], [], 0)[0]
         try:
             stat = Path(f"/proc/{self.pid}/stat").read_text()
         except OSError:

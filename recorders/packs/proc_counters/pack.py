@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from ...target import TargetProcess
+from ...procfs import ProcFiles
 from ..base import AttachReport, ProbePack
 
 TICK_NS = 1_000_000_000 // (os.sysconf("SC_CLK_TCK") or 100)
@@ -171,6 +172,7 @@ class ProcCountersPack(ProbePack):
         self._throttle_base: tuple[str, int, int] | None = None   # (path, nr, ns) at the first reading there
         self._throttle_acc = [0, 0]                              # nr, ns accumulated in earlier cgroups
         self.samples = 0
+        self._files = ProcFiles()
 
     def attach(self, bpf, target: TargetProcess, report: AttachReport) -> None:
         self._pid = target.pid
@@ -206,13 +208,13 @@ class ProcCountersPack(ProbePack):
     def _thread_cpu(self, tid: int) -> tuple[int, int, int, int] | None:
         """(run ns, run_delay ns or -1, minflt, majflt) of one thread."""
         base = f"/proc/{self._pid}/task/{tid}"
-        stat = _read(base + "/stat")
+        stat = self._files.read(base + "/stat")
         if stat is None:
             return None
         f = _stat_fields(stat)
         minflt, majflt = int(f[7]), int(f[9])
         if self._have_schedstat:
-            ss = _read(base + "/schedstat")
+            ss = self._files.read(base + "/schedstat")
             if ss:
                 run, delay = ss.split()[:2]
                 return int(run), int(delay), minflt, majflt
@@ -265,12 +267,14 @@ class ProcCountersPack(ProbePack):
         if self._prev_cpu and dt > 0:
             self._counter(ctx, "cpu.total", "CPU", ctx.process_track, now_ns, round(total, 4))
         self._prev_cpu = seen
+        task_dir = f"/proc/{self._pid}/task/"
+        self._files.forget_prefix(task_dir, {f"{task_dir}{tid}/{f}" for tid in tids for f in ("stat", "schedstat")})
 
     def _sample_process(self, ctx, now_ns: int) -> None:
-        statm = _read(f"/proc/{self._pid}/statm")
+        statm = self._files.read(f"/proc/{self._pid}/statm")
         if statm:
             self._counter(ctx, "rss_bytes", "bytes", ctx.process_track, now_ns, int(statm.split()[1]) * PAGE)
-        stat = _read(f"/proc/{self._pid}/stat")
+        stat = self._files.read(f"/proc/{self._pid}/stat")
         if stat:
             f = _stat_fields(stat)
             self._counter(ctx, "faults.minor", "faults", ctx.process_track, now_ns, int(f[7]), only_changes=True)
@@ -278,7 +282,7 @@ class ProcCountersPack(ProbePack):
 
     def _sample_psi(self, ctx, now_ns: int) -> None:
         for res in self._psi:
-            text = _read(f"/proc/pressure/{res}")
+            text = self._files.read(f"/proc/pressure/{res}")
             if not text:
                 continue
             psi = parse_psi(text)
@@ -314,6 +318,9 @@ class ProcCountersPack(ProbePack):
                       self._throttle_acc[0] + nr - nr0)
         self._counter(ctx, "cgroup.quota_cpus", "CPUs", ctx.process_track, now_ns,
                       round(self._limit.quota_cpus, 3), only_changes=True)
+
+    def finish(self, bpf, ctx) -> None:
+        self._files.close()
 
     def metadata(self) -> dict:
         return {}

@@ -1,6 +1,8 @@
 """syscalls pack: how many system calls the target's threads make and how long they take.
 
-raw_syscalls:sys_enter / sys_exit, filtered to the target's tgid, aggregated in
+raw_syscalls:sys_enter / sys_exit -- as raw tracepoints where the kernel allows
+(no trace record is built per call), else as tracepoints --
+filtered to the target's tgid, aggregated in
 BPF per syscall number (count, total ns, max ns, errors) and per thread (count,
 total ns). Written as:
 - cumulative counters `syscalls.<name>.count` and `syscalls.<name>.ns` on the
@@ -72,9 +74,22 @@ class SyscallsPack(ProbePack):
 
     def attach(self, bpf, target: TargetProcess, report: AttachReport) -> None:
         self._bpf = bpf
+        try:
+            bpf.attach_raw_tracepoint(tp=b"sys_enter", fn_name=b"sys_raw_enter")
+            try:
+                bpf.attach_raw_tracepoint(tp=b"sys_exit", fn_name=b"sys_raw_exit")
+            except Exception:
+                bpf.detach_raw_tracepoint(tp=b"sys_enter")
+                raise
+            self._attached = True
+            report.attached.append("syscalls: raw_syscalls:sys_enter/sys_exit (raw tracepoints, count and time per syscall)")
+            return
+        except Exception as exc:  # bcc raises plain Exception
+            raw_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if not self._have:
             report.failed.append(("syscalls: raw_syscalls:sys_enter/sys_exit",
-                                  "tracepoints not found in tracefs (or lack the id/ret fields)"))
+                                  f"raw tracepoints: {raw_error}; tracepoints not found in tracefs "
+                                  "(or lack the id/ret fields)"))
             return
         try:
             bpf.attach_tracepoint(tp=b"raw_syscalls:sys_enter", fn_name=b"sys_on_enter")
@@ -84,7 +99,8 @@ class SyscallsPack(ProbePack):
                                   f"attach failed: {str(exc).splitlines()[0]}"))
             return
         self._attached = True
-        report.attached.append("syscalls: raw_syscalls:sys_enter/sys_exit (tracepoints, count and time per syscall)")
+        report.attached.append(f"syscalls: raw_syscalls:sys_enter/sys_exit (tracepoints, count and time per syscall; "
+                               f"raw tracepoints failed: {raw_error})")
 
     def per_syscall(self) -> dict[int, dict]:
         """syscall nr -> {count, total_ns, max_ns, errors} over all target threads."""

@@ -2,7 +2,9 @@
 // threads, aggregated in the kernel. Nothing goes through a ring buffer: the
 // sampler reads the maps (once a second, in one batch).
 //
-// Cost per target syscall (the ggml thread pool alone makes ~100k futex calls/s
+// Cost: every syscall on the host takes the kernel's traced-syscall path while this is
+// attached, ~380 ns per call for enter + exit measured here (getppid loop, raw and
+// classic tracepoints alike). Per target syscall (the ggml thread pool alone makes ~100k futex calls/s
 // under load): one hash lookup at entry, one hash lookup and one per-CPU array
 // slot at exit, no map update or delete in the steady state.
 //
@@ -28,24 +30,23 @@ struct sys_thread {                 // per target thread: the call in flight, an
 BPF_HASH(sys_threads, u32, struct sys_thread, 8192);
 BPF_PERCPU_ARRAY(sys_stats, struct sys_val, SYS_SLOTS);
 
-#if defined(SYSCALLS_HAVE_ENTER) && defined(SYSCALLS_HAVE_EXIT)
-int sys_on_enter(struct sys_enter_args *args) {
+static __always_inline int sys_enter_common(u64 nr) {
     u64 id = bpf_get_current_pid_tgid();
     if ((id >> 32) != TARGET_PID) return 0;
     u32 tid = (u32)id;
     u64 now = bpf_ktime_get_ns();
     struct sys_thread *t = sys_threads.lookup(&tid);
     if (t) {
-        t->nr = (u64)args->id;
+        t->nr = nr;
         t->ts = now;
     } else {
-        struct sys_thread n = {.ts = now, .nr = (u64)args->id};
+        struct sys_thread n = {.ts = now, .nr = nr};
         sys_threads.update(&tid, &n);
     }
     return 0;
 }
 
-int sys_on_exit(struct sys_exit_args *args) {
+static __always_inline int sys_exit_common(long ret) {
     u64 id = bpf_get_current_pid_tgid();
     if ((id >> 32) != TARGET_PID) return 0;
     u32 tid = (u32)id;
@@ -62,7 +63,28 @@ int sys_on_exit(struct sys_exit_args *args) {
     v->count += 1;                      // per-CPU slot: no other writer
     v->total_ns += dur;
     if (dur > v->max_ns) v->max_ns = dur;
-    if (args->ret < 0) v->errors += 1;
+    if (ret < 0) v->errors += 1;
     return 0;
+}
+
+// Raw tracepoints (preferred): the kernel hands over its own arguments, with no
+// copy into a trace record first. sys_enter(struct pt_regs *regs, long id),
+// sys_exit(struct pt_regs *regs, long ret): only the plain second argument is read.
+int sys_raw_enter(struct bpf_raw_tracepoint_args *ctx) {
+    return sys_enter_common((u64)ctx->args[1]);
+}
+
+int sys_raw_exit(struct bpf_raw_tracepoint_args *ctx) {
+    return sys_exit_common((long)ctx->args[1]);
+}
+
+// Classic tracepoints: the fallback where raw tracepoints cannot attach.
+#if defined(SYSCALLS_HAVE_ENTER) && defined(SYSCALLS_HAVE_EXIT)
+int sys_on_enter(struct sys_enter_args *args) {
+    return sys_enter_common((u64)args->id);
+}
+
+int sys_on_exit(struct sys_exit_args *args) {
+    return sys_exit_common((long)args->ret);
 }
 #endif
