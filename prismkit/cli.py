@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,9 @@ def _add_target(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("-np", "--parallel", type=int, default=4, help="server slots (concurrent sequences)")
     s.add_argument("--ctx", type=int, default=8192, help="total context size (split across slots)")
-    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--threads", type=int, default=None, help="compute threads (default: one per CPU it may use)")
+    s.add_argument("--cpus", default=None,
+                   help="CPUs the server may run on, e.g. 0 or 0-1,3 (like taskset -c; default: all)")
     s.add_argument("--name", default="default", help="name of this server (several can run)")
     s.add_argument("--timeout", type=float, default=120.0, help="seconds to wait until healthy")
     s.add_argument("extra", nargs="*", help="extra llama-server arguments (after --)")
@@ -26,6 +29,22 @@ def _add_target(sub: argparse._SubParsersAction) -> None:
         a.add_argument("--name", default="default")
     m = tsub.add_parser("model", help="write a random-weight llama GGUF and print its path")
     m.add_argument("size", choices=["tiny", "demo"])
+
+
+def _cpu_list(text: str) -> list[int]:
+    """'0-2,5' -> [0, 1, 2, 5] (the CPUs must exist on this machine)."""
+    out: set[int] = set()
+    try:
+        for part in text.split(","):
+            a, _, b = part.strip().partition("-")
+            out.update(range(int(a), int(b or a) + 1))
+    except ValueError:
+        raise PrismError(f"bad CPU list {text!r} (want e.g. 0 or 0-1,3)") from None
+    bad = sorted(out - os.sched_getaffinity(0))
+    if not out or bad:
+        raise PrismError(f"CPU list {text!r}: CPU(s) {bad} not available here "
+                         f"(available: {sorted(os.sched_getaffinity(0))})")
+    return sorted(out)
 
 
 def _cmd_target(args: argparse.Namespace) -> int:
@@ -41,7 +60,8 @@ def _cmd_target(args: argparse.Namespace) -> int:
         return 0
     if args.action == "start":
         srv = LlamaServer(model=args.model, port=args.port, n_parallel=args.parallel, ctx_size=args.ctx,
-                          threads=args.threads, extra_args=args.extra, name=args.name)
+                          threads=args.threads, extra_args=args.extra, name=args.name,
+                          cpus=_cpu_list(args.cpus) if args.cpus else None)
         existing = srv.load_state()
         if existing is not None:
             raise PrismError(f"server '{args.name}' is already running (pid {existing.pid}, {existing.url})")

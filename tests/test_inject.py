@@ -478,3 +478,27 @@ def test_labels_writer_validates(tmp_path):
     (tmp_path / "bad.jsonl").write_text("{\"start_ns\": 1}\n")
     with pytest.raises(PrismError, match="bad.jsonl:1"):
         read_labels(tmp_path / "bad.jsonl")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_memory_bandwidth_workers_go_to_the_cpus_the_server_does_not_use():
+    """cpus=auto/others: workers on the CPUs outside the server's affinity (bandwidth and cache, no CPU
+    time taken from it); server: on its own CPUs; others with a server on every CPU: a one-line error."""
+    mine = sorted(os.sched_getaffinity(0))
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        os.sched_setaffinity(proc.pid, mine[:1])
+        t = Target.from_pid(proc.pid)
+        assert t.cpus == mine[:1]
+        for params, want in (({}, mine[1:]), ({"cpus": "others"}, mine[1:]), ({"cpus": "server"}, mine[:1])):
+            sc = make_scenario("memory_bandwidth", t, params)
+            assert sc.worker_cpus == want and sc.params["workers"] == len(want)
+            assert sc.label_params()["worker_cpus"] == want and sc.label_params()["server_cpus"] == mine[:1]
+        os.sched_setaffinity(proc.pid, mine)
+        t = Target.from_pid(proc.pid)
+        assert make_scenario("memory_bandwidth", t, {}).worker_cpus == mine   # auto: nothing free -> server's
+        with pytest.raises(PrismError, match="cpus=others"):
+            make_scenario("memory_bandwidth", t, {"cpus": "others"})
+    finally:
+        proc.kill()
+        proc.wait()

@@ -98,13 +98,17 @@ class LlamaServer:
 
     def __init__(self, model: str | Path = "tiny", port: int = 8080, host: str = "127.0.0.1",
                  n_parallel: int = 4, ctx_size: int = 8192, threads: int | None = None,
-                 extra_args: list[str] | None = None, name: str = "default") -> None:
+                 extra_args: list[str] | None = None, name: str = "default",
+                 cpus: list[int] | None = None) -> None:
         self.model = model
         self.port = port
         self.host = host
         self.n_parallel = n_parallel
         self.ctx_size = ctx_size
-        self.threads = threads or max(1, (os.cpu_count() or 2))
+        # cpus: the CPUs the server (all its threads) may run on, like a cpuset or `taskset -c`; the
+        # default thread count is then one per such CPU
+        self.cpus = sorted(set(cpus)) if cpus else None
+        self.threads = threads or max(1, len(self.cpus) if self.cpus else (os.cpu_count() or 2))
         self.extra_args = extra_args or []
         self.name = name
         self.info: ServerInfo | None = None
@@ -139,8 +143,10 @@ class LlamaServer:
         ]
         log = open(log_path, "w")
         # Own session: the server outlives `prism target start` and gets no Ctrl-C of ours.
+        cpus = self.cpus
         self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+                                      stdin=subprocess.DEVNULL, start_new_session=True,
+                                      preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         log.close()
         url = f"http://{self.host}:{self.port}"
         deadline = time.monotonic() + timeout
