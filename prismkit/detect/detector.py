@@ -31,10 +31,16 @@ The rule (LatencyPrism's control limit, plus persistence, hysteresis and a CUSUM
   flags start where the slowdown started (the alarm itself is not
   back-dated: lag is measured at the alarm);
 - while open, every batch above ``L_in`` is flagged (above ``L`` while an
-  anomaly opened by one severe batch has not become persistent); it closes
-  once ``close_quiet`` of the last ``close_after`` batches since its alarm
-  (3 of 5: most of them; the window's median) are at or below that limit,
-  and ends at its last flagged batch. Why a majority and not a run of quiet
+  anomaly opened by one severe batch has not become persistent); once
+  ``close_quiet`` of the last ``close_after`` batches since its alarm (3 of
+  5: most of them; the window's median) are at or below that limit it goes
+  quiet: no batch is flagged, and it closes after ``close_after`` more
+  batches, ending at its last flagged batch, unless the alarm rule (m of n,
+  or a severe batch) fires meanwhile, which resumes it (flags back over the
+  run of batches above the stay limit that ends there): the after-effects of
+  a fault (on a fresh recording, 1.2-1.4x for 5 batches just after a CPU hog
+  stopped) stay part of it instead of raising a second alarm.
+  Why a majority and not a run of quiet
   batches: after a fault the workload is often one the baseline never ran
   (the queue that built up during the fault drains as multi-sequence
   prefills), where the model's errors spread wider both ways; about half
@@ -381,6 +387,7 @@ class OnlineDetector:
         self._i = 0
         self._open: Anomaly | None = None
         self._quiet: deque = deque(maxlen=c.close_after)   # open anomaly: 1 per batch at or below the stay limit
+        self._lull = -1               # batches since the majority rule went quiet (-1: not quiet)
         self._next_id = 0
         self._shift = _ShiftTest(c.shift_window, c.shift_threshold, c.shift_tolerance)
         self._prev_tokens: dict = {}
@@ -467,6 +474,7 @@ class OnlineDetector:
                 self._s, self._s_start = 0.0, -1
                 self._open = an
                 self._quiet.clear()
+                self._lull = -1
                 v.alarm = an
                 if self.on_alarm is not None:
                     self.on_alarm(an)
@@ -474,14 +482,31 @@ class OnlineDetector:
             an = self._open
             if an.trigger == "severe" and self._count >= c.m:
                 an.trigger = "persistent"
+            if self._lull >= 0:
+                # quiet since the majority rule: nothing is flagged; the alarm rule (m of n, severe)
+                # resumes the anomaly within close_after batches, else it closes
+                if self._count >= c.m or (e > lim.severe and dur - expected > lim.severe_excess_ns):
+                    self._lull = -1
+                    self._quiet.clear()
+                    run = []
+                    for ent in reversed(self._ring):
+                        if ent[5] or ent[3] <= (ent[10] if self._count < c.m else ent[9]):
+                            break
+                        run.append(ent)
+                    for ent in reversed(run):
+                        self._flag(an, ent, v)
+                else:
+                    self._lull += 1
+                    if self._lull >= c.close_after:
+                        v.closed = self._close()
             # after a single severe batch only batches beyond the enter limit count, until it persists
-            if e > (lim.enter if an.trigger == "severe" else lim.stay):
+            elif e > (lim.enter if an.trigger == "severe" else lim.stay):
                 self._flag(an, entry, v)
                 self._quiet.append(0)
             else:
                 self._quiet.append(1)
                 if sum(self._quiet) >= c.close_quiet:
-                    v.closed = self._close()
+                    self._lull = 0
         if workload is not None and expected > 0 and dur > 0:
             sh = self._shift.push(i, ts, math.log(expected), math.log(dur), workload)
             if sh is not None:
@@ -506,6 +531,7 @@ class OnlineDetector:
         an.open = False
         self._open = None
         self._quiet.clear()
+        self._lull = -1
         self._s, self._s_start = 0.0, -1
         self.anomalies.append(an)
         return an
