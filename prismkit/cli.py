@@ -163,7 +163,10 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-ms", type=int, default=200, help="period of the CPU/memory/pressure counters")
     p.add_argument("--min-offcpu-us", type=int, default=50,
                    help="off-CPU intervals shorter than this are counted, not written one by one "
-                        "(preemptions by other processes are always written); 0 writes all")
+                        "(preemptions by other processes: see --min-preempt-us); 0 writes all")
+    p.add_argument("--min-preempt-us", type=int, default=20,
+                   help="preemptions by other processes shorter than this are counted, not written "
+                        "(at most --min-offcpu-us); 0 writes all")
     p.add_argument("--capture-paths", action="store_true",
                    help="also record each request's HTTP path (off by default: sizes and timings only)")
     p.add_argument("--packs", default=None, metavar="NAMES",
@@ -221,6 +224,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
     rec = Recorder(pid, args.output, duration_s=args.duration, sample_interval_s=args.sample_ms / 1000, packs=packs,
                    ringbuf_pages=args.ringbuf_pages, poll_interval_ms=args.poll_ms,
                    capture_paths=args.capture_paths, min_offcpu_us=args.min_offcpu_us,
+                   min_preempt_us=args.min_preempt_us,
                    verbose=not args.quiet)
     summary = rec.run()
     print(f"trace: {summary.path}  (open it in https://ui.perfetto.dev)")

@@ -208,9 +208,10 @@ int sched_on_switch(struct sched_switch_args *args) {
     }
     t->runq_ns += runq;
     if (dur < SCHED_MIN_OFFCPU_NS) {
-        // Short intervals are only counted, except a preemption by another process.
+        // Short intervals are only counted, except a preemption by another process
+        // (its own, lower limit: a neighbour taking the CPU in many short bursts adds up).
         u32 by = t->by_pid;
-        if (reason != SCHED_PREEMPTED || by == 0 || sched_threads.lookup(&by)) {
+        if (reason != SCHED_PREEMPTED || by == 0 || sched_threads.lookup(&by) || dur < SCHED_MIN_PREEMPT_NS) {
             t->below_threshold += 1;
             return 0;
         }
