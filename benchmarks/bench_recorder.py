@@ -3,8 +3,8 @@
     .venv/bin/python -m benchmarks.bench_recorder [--model demo] [--pairs 4] [--seconds 20] [--packs a,b]
 
 1. Overhead: server throughput (generated tokens/s at a fixed closed-loop
-   concurrency) without (A) and with (B) the recorder attached, alternating
-   A/B/A/B; prints each run and the median B/A ratio. The recorder runs as
+   concurrency) without (A) and with (B) the recorder attached, in the order
+   A/B, B/A, A/B, ...; prints each run and the median B/A ratio. The recorder runs as
    `prism record` in a process of its own, as it would in production (in this
    process it would compete for the GIL with the load generator); its CPU use
    is printed too.
@@ -61,7 +61,9 @@ def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int
               f"packs: {packs or 'all default'}")
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(pairs):
-                a = throughput(info.url, seconds, concurrency, seed=2 * i)
+                # A B, then B A: a drift of the host's speed over the run cancels out pairwise
+                if i % 2 == 0:
+                    a = throughput(info.url, seconds, concurrency, seed=2 * i)
                 out = Path(tmp) / f"b{i}.pftrace"
                 rec = _start_record(info.pid, out, packs)
                 cpu0 = _cpu_s(rec.pid)
@@ -69,6 +71,8 @@ def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int
                 cpu = (_cpu_s(rec.pid) - cpu0) / seconds
                 rec.send_signal(signal.SIGINT)
                 rec.wait(60)
+                if i % 2 == 1:
+                    a = throughput(info.url, seconds, concurrency, seed=2 * i)
                 from prismkit.trace import load_trace
 
                 meta = load_trace(out).metadata
