@@ -279,6 +279,26 @@ def test_cli_start_status_stop():
         LlamaServer(name=name).stop()
 
 
+def test_cli_start_on_given_cpus():
+    """--cpus pins every thread of the server (like taskset -c); one compute thread per CPU by default."""
+    need_binary()
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    name, port = unique_name("clicpus"), free_port()
+    try:
+        proc = prism("target", "start", "--name", name, "--port", str(port), "-np", "1", "--cpus", str(cpu))
+        assert proc.returncode == 0, proc.stderr
+        info = LlamaServer(name=name).load_state()
+        tids = os.listdir(f"/proc/{info.pid}/task")
+        assert tids and all(os.sched_getaffinity(int(t)) == {cpu} for t in tids)
+        assert info.cmdline[info.cmdline.index("-t") + 1] == "1"
+    finally:
+        LlamaServer(name=name).stop()
+    bad = prism("target", "start", "--name", unique_name("clicpus"), "--port", str(free_port()), "--cpus", "0-x")
+    assert_one_line_error(bad, "bad CPU list")
+    bad = prism("target", "start", "--name", unique_name("clicpus"), "--port", str(free_port()), "--cpus", "4096")
+    assert_one_line_error(bad, "not available")
+
+
 # --------------------------------------------------------------------------------------------
 # The running server (session fixture)
 
