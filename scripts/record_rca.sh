@@ -5,12 +5,13 @@
 #
 #   SCENARIO=memory_bandwidth PARAMS='{"buffer_mb":512}' SUFFIX=_2 PORT=8600 scripts/record_rca.sh
 #
-# Server setups used for the samples in sample_traces/:
-#   most scenarios:    prism target start --model demo --port PORT --name rca           (all CPUs, 2 threads)
-#   memory_bandwidth:  prism target start --model demo --port PORT --name rca --cpus 0 --threads 1
-#     (a server that does not own every core, the bandwidth hog on another one: the injector's default
-#      cpus=auto puts the streaming workers on the CPUs the server may not use, so they take no CPU time
-#      from it -- only shared cache and memory bandwidth)
+# Server setup of the samples in sample_traces/ (all scenarios, memory_bandwidth included):
+#   prism target start --model demo --port PORT --name rca          (all CPUs, 2 threads; the streaming
+#   workers then go to the server's own CPUs: cpus=auto -> server)
+# The other setting, measured and not kept (see prismkit/rootcause/explain.py, Known limits): a server
+# that does not own every core, the bandwidth hog on another one --
+#   prism target start --model demo --port PORT --name rca-mbw --cpus 0 --threads 1
+#   SCENARIO=memory_bandwidth PARAMS='{"buffer_mb":512}' scripts/record_rca.sh   (cpus=auto -> others)
 # SRC: a source tree to run the recorder and injector from (e.g. `git archive HEAD | tar -x -C DIR`), so
 # that edits in the working tree during a recording do not change it; default: this checkout.
 set -eu
