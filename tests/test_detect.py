@@ -262,9 +262,6 @@ def test_prism_eval_detect_prints_both_baselines(tmp_path, model):
 
 @pytest.mark.server
 @pytest.mark.bpf
-@pytest.mark.xfail(strict=False, reason="issue 5 open: with the v2 workload model fitted on ~100 fresh batches the "
-                   "anomaly can stay open ~3 s after the fault ends (39 normal batches flagged in 1 of 3 fresh-clone "
-                   "runs); detection itself (lag, recall, one anomaly) held in all three")
 def test_fresh_recording_with_injected_fault(server, bpf_ok, tmp_path):
     """Record the test server under load: normal, then a CPU hog on one of its CPUs for 5 s, then normal.
 
@@ -302,9 +299,19 @@ def test_fresh_recording_with_injected_fault(server, bpf_ok, tmp_path):
     ours, res = s["model"], s["_result"]
     print(ours)
     assert ours["faults_detected"] == 1, (ours, res.anomalies)
-    assert ours["lag_batches_median"] <= 3, ours["per_label"]
     assert ours["per_label"][0]["slowdown"] > 1.5
-    assert ours["batch_recall"] >= 0.6, ours
+    # Lag and recall from the fault's onset in the batches: the first batch of the window slowed 1.5x
+    # (the slowdown asserted above). The hog does not always bite at once: in 2 of 12 recordings the
+    # window's first 3-4 batches (0.1-0.2 s) ran at normal speed, then 40x, and counted from the
+    # label's start the lag was 4-6 batches and the recall 0.43. Recall: share of the batches the
+    # fault slowed 1.5x or more that are flagged.
+    B = res.batches
+    inw = np.nonzero(((B["ts"] + B["dur"]) > fault["start_ns"]).to_numpy() & (B["ts"] < fault["end_ns"]).to_numpy())[0]
+    slowed = inw[B["ratio"].to_numpy()[inw] >= 1.5]
+    onset = int(slowed[0])
+    an = res.anomalies[(res.anomalies["end_idx"] >= onset) & (res.anomalies["start_idx"] <= inw[-1])]
+    assert len(an) and int(an["alarm_idx"].min()) - onset <= 3, (onset, res.anomalies, ours["per_label"])
+    assert B["flag"].to_numpy()[slowed].mean() >= 0.6, (slowed, res.anomalies)
     # few false alarms: at most one anomaly away from the fault (this box is shared and busy)
     assert ours["false_alarms"] <= 1, res.anomalies
     assert ours["fp"] <= max(5, 0.1 * (len(b) - ours["tp"] - ours["fn"])), (ours, res.anomalies)
