@@ -51,21 +51,24 @@ def _packs(names: str | None):
     return packs
 
 
-def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int, packs: str | None = None) -> None:
+def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int, packs: str | None = None,
+             watch: bool = False) -> None:
     srv = LlamaServer(model=model, port=port, name="bench-overhead", n_parallel=concurrency)
     info = srv.start()
     try:
         throughput(info.url, 5, concurrency, seed=0)  # warm up
         ratios, cpus = [], []
-        print(f"overhead: model {model}, closed loop c={concurrency}, {seconds:.0f}s per run, {pairs} A/B pairs, "
-              f"packs: {packs or 'all default'}")
+        what = "prism watch (recorder + online detector + JSONL alerts)" if watch else "prism record"
+        print(f"overhead of {what}: model {model}, closed loop c={concurrency}, {seconds:.0f}s per run, "
+              f"{pairs} A/B pairs, packs: {packs or 'all default'}")
         with tempfile.TemporaryDirectory() as tmp:
+            watch_model = _baseline_model(info, Path(tmp), concurrency, packs) if watch else None
             for i in range(pairs):
                 # A B, then B A: a drift of the host's speed over the run cancels out pairwise
                 if i % 2 == 0:
                     a = throughput(info.url, seconds, concurrency, seed=2 * i)
                 out = Path(tmp) / f"b{i}.pftrace"
-                rec = _start_record(info.pid, out, packs)
+                rec = _start_record(info.pid, out, packs, watch_model)
                 cpu0 = _cpu_s(rec.pid)
                 b = throughput(info.url, seconds, concurrency, seed=2 * i)
                 cpu = (_cpu_s(rec.pid) - cpu0) / seconds
@@ -88,10 +91,31 @@ def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int
         srv.stop()
 
 
-def _start_record(pid: int, out: Path, packs: str | None) -> subprocess.Popen:
-    """`prism record` in a process of its own; returns once it is attached (its trace has begun)."""
+def _baseline_model(info, tmp: Path, concurrency: int, packs: str | None) -> Path:
+    """A WorkloadModel fitted on a 20 s recording under the benchmark's load, for `prism watch
+    --model` (so that no B run pays for learning a baseline)."""
+    from prismkit.detect import WorkloadModel
+    from prismkit.trace import load_trace
+
+    out = tmp / "baseline.pftrace"
+    rec = _start_record(info.pid, out, packs)
+    throughput(info.url, 20, concurrency, seed=99)
+    rec.send_signal(signal.SIGINT)
+    rec.wait(60)
+    path = tmp / "baseline.model.json"
+    WorkloadModel().fit(load_trace(out).batches).save(path)
+    out.unlink()
+    return path
+
+
+def _start_record(pid: int, out: Path, packs: str | None, watch_model: Path | None = None) -> subprocess.Popen:
+    """`prism record` (or `prism watch --model`) in a process of its own; returns once it is
+    attached (its trace has begun)."""
     cmd = [sys.executable, "-m", "prismkit.cli", "record", "--pid", str(pid), "-o", str(out), "--quiet"]
-    if packs:
+    if watch_model is not None:
+        cmd = [sys.executable, "-m", "prismkit.cli", "watch", "--pid", str(pid), "-o", str(out), "--quiet",
+               "--model", str(watch_model), "--alerts-jsonl", str(out.with_suffix(".alerts.jsonl"))]
+    elif packs:
         cmd += ["--packs", packs]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.monotonic()
@@ -161,6 +185,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8391)
     ap.add_argument("--packs", default=None, help="comma-separated pack names to record with (default: all)")
     ap.add_argument("--no-event-rate", action="store_true")
+    ap.add_argument("--watch", action="store_true",
+                    help="measure `prism watch` (recorder + online detector) instead of `prism record`")
     ap.add_argument("--bpf-stats", action="store_true",
                     help="leave kernel.bpf_stats_enabled on (per-program run counts in the traces; "
                          "costs ~20-40 ns per probe hit, so off by default, as on a production host)")
@@ -175,7 +201,7 @@ def main() -> None:
 
 
 def _run(args) -> None:
-    overhead(args.model, args.pairs, args.seconds, args.concurrency, args.port, args.packs)
+    overhead(args.model, args.pairs, args.seconds, args.concurrency, args.port, args.packs, args.watch)
     if not args.no_event_rate:
         event_rate(min(args.seconds, 10.0), args.port + 1)
 
