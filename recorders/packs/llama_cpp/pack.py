@@ -52,7 +52,7 @@ class LlamaEvent(ct.Structure):
     ]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Stage:
     ts: int
     dur: int
@@ -201,8 +201,10 @@ class LlamaCppPack(ProbePack):
         args = self._batch_args(ev, seen["batch_id"])
         flows = [f for observe in ctx.batch_observers for f in (observe(seen) or ())]
         pending = self._pending.get(ev.tid, [])
-        inside = [s for s in pending if s.ts >= ev.ts_start and s.ts + s.dur <= ev.ts_end]
-        self._pending[ev.tid] = [s for s in pending if s not in inside]
+        inside, rest = [], []
+        for s in pending:
+            (inside if s.ts >= ev.ts_start and s.ts + s.dur <= ev.ts_end else rest).append(s)
+        self._pending[ev.tid] = rest
         batch = _Stage(ev.ts_start, ev.ts_end - ev.ts_start, "llama_decode", "batch", args,
                        {"ret": ev.ret}, flows)
         write_nested(w, track, [batch, *inside])
