@@ -397,6 +397,7 @@ class Recorder:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             waiter.close()
+            target.close()
             summary = self._finish(bpf, ctx, packs, report, t_start)
         return summary
 

@@ -71,6 +71,12 @@ class TargetProcess:
             return False
         return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
+    def close(self) -> None:
+        """Release the pidfd alive() opened (the recording is over)."""
+        pidfd = self.__dict__.pop("_pidfd", None)
+        if pidfd is not None and pidfd >= 0:
+            os.close(pidfd)
+
     def threads(self) -> dict[int, str]:
         out = {}
         try:
