@@ -79,16 +79,37 @@ class Receiver:
 def wserver(bpf_ok):
     """The demo model's llama-server (decode steps of ~10-20 ms, as a real deployment's): with the
     tiny model's sub-millisecond steps, over 1,000 a second, the detector's own ~0.1 ms per batch
-    on these 2 cores slows the server it watches."""
+    on these 2 cores slows the server it watches.
+
+    One compute thread, alone on the last CPU; the server's HTTP threads, this process (the
+    watcher) and the load generators on the others, as in a deployment where clients do not run
+    on the server's cores. With two compute threads on both CPUs of this box, a load generator's
+    start-up and exit (100-200 ms of CPU at the edges of the x4 step) put both on one CPU, where
+    llama.cpp's spinning barrier advances at scheduler ticks: one-sequence decodes took 100-190 ms
+    (20-30x) and 4 of 6 steps raised an alert (real slowdowns, rightly flagged, not the workload).
+    """
+    from prismkit.detect.scenarios import autogroup_nice, isolate
     from prismkit.target.build import server_binary
     from prismkit.target.server import LlamaServer
 
     require(server_binary().exists(), "llama-server is not built (run `make target`)")
-    srv = LlamaServer(model="demo", port=free_port(), n_parallel=4, name=f"pytest-watch-{os.getpid()}")
+    ncpu = os.cpu_count() or 1
+    srv = LlamaServer(model="demo", port=free_port(), n_parallel=4, name=f"pytest-watch-{os.getpid()}",
+                      threads=1 if ncpu >= 2 else None)
     info = srv.start()
-    _load(info.url, 3, 4).wait()
-    yield srv, info
-    srv.stop()
+    own = os.sched_getaffinity(0)
+    undo = None
+    if ncpu >= 2:
+        undo = isolate(info.pid, {ncpu - 1}, nice=autogroup_nice(info.pid) or 0, engine_only=True)
+        os.sched_setaffinity(0, set(range(ncpu - 1)))   # the watcher's threads and the load generators
+    try:
+        _load(info.url, 3, 4).wait()
+        yield srv, info
+    finally:
+        os.sched_setaffinity(0, own)
+        if undo is not None:
+            undo()
+        srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +123,14 @@ def session(wserver, tmp_path_factory):
                       prometheus_port=0, warmup_s=8, nice=None, slo_ttft_ms=200, slo_tpot_ms=20, verbose=False)
     w = Watcher(cfg)
     w.start()
-    # baseline load spanning the workloads the tests use (concurrency 1 to 4)
-    for c, seed in ((1, 1), (4, 2), (1, 4)):
-        _load(info.url, 3.5, c, seed=seed).wait()
+    # baseline load spanning the workloads the tests use (concurrency 1 to 4), back to back: the
+    # generators start up first and send at fixed times. Started one after the other, each
+    # generator's interpreter start-up (1-3 s of CPU on a busy 2-core box) pushed the x4 phase past
+    # the 8 s warm-up in some sessions (one 4-sequence batch of 284 learned)
+    t = time.monotonic() + 3.0
+    gens = [_load_from(info.url, 3.5, c, seed, t + 3.5 * j) for j, (c, seed) in enumerate(((1, 1), (4, 2), (1, 4)))]
+    for g in gens:
+        g.wait()
     bg = _load(info.url, 600, 1, seed=3)   # steady load for the rest of the session
     t0 = time.monotonic()
     while w.state != "watching" and time.monotonic() - t0 < 60:
@@ -167,8 +193,12 @@ def test_webhook_receives_the_alert(session):
     assert hook.failed == 0
 
 
-@pytest.mark.xfail(strict=False, reason="issue 7 open: on these 2 shared cores the server has real 3-10x hiccups "
-                   "of a few batches (run-queue waits) during some x4 steps, which open an episode")
+@pytest.mark.xfail(strict=False, reason="issue 7 open: the alerts during x4 steps are real slowdowns, not the model "
+                   "extrapolating (observed/expected of x4 batches: median 1.0-1.05 when the warm-up ran x4, 0.5-0.8 "
+                   "when it had not): other "
+                   "sessions' servers and tests preempting ours on this shared box (3-400x), and with the server's "
+                   "compute on a CPU of its own still 1.05-1.3x stretches of 0.2-1 s with no preemption seen (2 of 6 "
+                   "steps in one session; the test failed 1 of 4 module runs)")
 def test_concurrency_step_gives_no_alert(session):
     w = session["w"]
     start = time.monotonic() + 3.0
@@ -180,7 +210,9 @@ def test_concurrency_step_gives_no_alert(session):
     time.sleep(2.5)
     w.poll()
     eps = [e for e in _overlapping(w, t0, t1) if e["trigger"] == "persistent" or e["batches"]["flagged"] > 2]
-    assert eps == [], eps
+    assert eps == [], [{k: e.get(k) for k in ("trigger", "batches", "slowdown", "max_ratio", "observed_ms", "expected_ms",
+                                              "duration_ms", "causes")} | {"at_s": (e["start_ns"] - t0) / 1e9}
+                       for e in eps]
 
 
 def test_prometheus_endpoint_matches_trace(session):
