@@ -72,8 +72,16 @@ def parse_psi(text: str) -> dict[str, float]:
     return out
 
 
+_MOUNTS_CACHE: tuple[float, list] = (-1e9, [])
+MOUNTS_TTL_S = 30.0  # cgroup hierarchies are mounted at boot; the target's cgroup is re-read each check
+
+
 def _mounts() -> list[tuple[str, str, str, str]]:
     """(root, mount point, fs type, super options) for cgroup mounts, from /proc/self/mountinfo."""
+    global _MOUNTS_CACHE
+    now = time.monotonic()
+    if now - _MOUNTS_CACHE[0] < MOUNTS_TTL_S:
+        return _MOUNTS_CACHE[1]
     out = []
     for line in (_read("/proc/self/mountinfo") or "").splitlines():
         left, _, right = line.partition(" - ")
@@ -81,6 +89,7 @@ def _mounts() -> list[tuple[str, str, str, str]]:
         if len(lf) < 5 or len(rf) < 3 or rf[0] not in ("cgroup", "cgroup2"):
             continue
         out.append((lf[3], lf[4], rf[0], rf[2]))
+    _MOUNTS_CACHE = (now, out)
     return out
 
 
