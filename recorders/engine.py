@@ -69,8 +69,19 @@ class RecordingContext:
         """Run fn(*args) on the engine's polling thread (the one that writes the trace)."""
         self._deferred.append((fn, args))
 
-    def run_deferred(self) -> None:
+    def deferred_count(self) -> int:
+        return len(self._deferred)
+
+    def run_deferred(self, limit: int | None = None) -> None:
+        """Run the deferred work in arrival order: all of it, or only the first `limit` items
+        (those queued before a drain began: records of other buffers that precede them
+        in time are then in)."""
         pop = self._deferred.popleft
+        if limit is not None:
+            for _ in range(min(limit, len(self._deferred))):
+                fn, args = pop()
+                fn(*args)
+            return
         while self._deferred:
             fn, args = pop()
             fn(*args)
@@ -371,13 +382,17 @@ class Recorder:
                     woken = waiter.wait(max(next_drain - time.monotonic(), 0.0))
                     now = time.monotonic()
                     if woken or now >= next_drain:
+                        # work the live thread handed over before this drain began: what it
+                        # depends on (a batch's stages, in another buffer) is then drained too
+                        ready = ctx.deferred_count()
                         bpf.ring_buffer_consume()
+                        ctx.run_deferred(ready)
                         if now >= next_drain:
                             next_drain = now + self.poll_interval_ms / 1000
                 else:
                     self._stop_event.wait(self.poll_interval_ms / 1000)
+                    ctx.run_deferred()
                 now = time.monotonic()
-                ctx.run_deferred()
                 if now >= next_sample:
                     ts = time.monotonic_ns()
                     for p in packs:

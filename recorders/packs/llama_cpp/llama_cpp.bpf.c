@@ -49,7 +49,12 @@ struct llama_seq_scratch {     // per-CPU scratch: the BPF stack is only 512 byt
     struct llama_event ev;
 };
 
-BPF_RINGBUF_OUTPUT(llama_events, RINGBUF_PAGES);  // 256 pages (1 MiB) by default
+BPF_RINGBUF_OUTPUT(llama_events, RINGBUF_PAGES);  // batches; 256 pages (1 MiB) by default
+// Stages have a buffer of their own: the batch buffer is read by the recorder's live
+// thread (one wakeup per batch when someone watches live), the stages by its polling
+// thread every drain, so a live wakeup handles one record instead of a dozen.
+BPF_RINGBUF_OUTPUT(llama_stage_events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(llama_stage_lost, u64, 1);
 BPF_PERCPU_ARRAY(llama_scratch, struct llama_seq_scratch, 1);
 BPF_PERCPU_ARRAY(llama_lost, u64, 1);
 BPF_HASH(llama_open_batch, u32, struct llama_event, 1024);
@@ -199,9 +204,11 @@ static __always_inline int llama_stage_return(u32 stage) {
     u64 key = ((id & 0xffffffff) << 8) | stage;
     u64 *start = llama_open_stage.lookup(&key);
     if (!start) return 0;
-    struct llama_event *ev = llama_events.ringbuf_reserve(sizeof(struct llama_event));
+    struct llama_event *ev = llama_stage_events.ringbuf_reserve(sizeof(struct llama_event));
     if (!ev) {
-        llama_count_lost();
+        int zero = 0;
+        u64 *lost = llama_stage_lost.lookup(&zero);
+        if (lost) (*lost)++;
         llama_open_stage.delete(&key);
         return 0;
     }
@@ -210,9 +217,9 @@ static __always_inline int llama_stage_return(u32 stage) {
     ev->ts_end = bpf_ktime_get_ns();
     ev->tid = (u32)id;
     ev->kind = stage;
-    // Stages ride along with the next batch's wakeup (or the consumer's idle drain):
-    // one wakeup per batch instead of one per sample/detokenize/synchronize call.
-    llama_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+    // No wakeup: the recorder drains stages every poll interval (50 ms); 1 MiB holds
+    // minutes of them.
+    llama_stage_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
     llama_open_stage.delete(&key);
     return 0;
 }

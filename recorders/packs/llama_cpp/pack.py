@@ -93,7 +93,7 @@ class LlamaCppPack(ProbePack):
     engine = True  # an engine pack: recording needs at least one that applies
     library_hint = "libllama"
     bpf_file = Path(__file__).with_name("llama_cpp.bpf.c")
-    buffers = {"llama_events": "llama_lost"}
+    buffers = {"llama_events": "llama_lost", "llama_stage_events": "llama_stage_lost"}
 
     def __init__(self) -> None:
         self.batches = 0
@@ -145,6 +145,7 @@ class LlamaCppPack(ProbePack):
         self._n_tokens_track = ctx.writer.counter_track("batch.n_tokens", ctx.process_track, "tokens")
         self._kv_track = ctx.writer.counter_track("batch.kv_tokens", ctx.process_track, "tokens")
         self._seqs_track = ctx.writer.counter_track("batch.n_seqs", ctx.process_track, "sequences")
+        ctx.open_ring_buffer(bpf, "llama_stage_events", self._on_stage_record)
         ctx.open_ring_buffer(bpf, "llama_events", self._on_record, live=True)
 
     def set_live(self, bpf, live: bool) -> None:
@@ -163,6 +164,12 @@ class LlamaCppPack(ProbePack):
             for observe in self._ctx.live_observers:
                 observe(seen)
         self._ctx.defer(self._on_event, ev, seen)
+
+    def _on_stage_record(self, _cpu, data, _size) -> None:
+        """On the engine's polling thread. The engine runs a batch's deferred writing only after
+        a drain that began after the batch arrived, so every stage inside it (submitted before
+        the batch's record, by the same thread) is already pending here."""
+        self._on_event(LlamaEvent.from_address(data), None)
 
     @staticmethod
     def _batch_args(ev: LlamaEvent, batch_id: int) -> dict:
