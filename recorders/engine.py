@@ -77,12 +77,7 @@ class RecordingContext:
         (those queued before a drain began: records of other buffers that precede them
         in time are then in)."""
         pop = self._deferred.popleft
-        if limit is not None:
-            for _ in range(min(limit, len(self._deferred))):
-                fn, args = pop()
-                fn(*args)
-            return
-        while self._deferred:
+        for _ in range(len(self._deferred) if limit is None else min(limit, len(self._deferred))):
             fn, args = pop()
             fn(*args)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import select
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ class TargetProcess:
     cmdline: list[str] = field(default_factory=list)
     comm: str = ""
     libraries: dict[str, str] = field(default_factory=dict)  # soname stem -> path as mapped
+    _pidfd: int | None = field(default=None, init=False, repr=False, compare=False)  # opened by alive()
 
     @classmethod
     def from_pid(cls, pid: int) -> "TargetProcess":
@@ -54,17 +56,13 @@ class TargetProcess:
         """False once the process has exited (a zombie counts as exited). Asked every poll
         interval: a pidfd turns readable when the process exits, so this is one poll()
         without a /proc read (falls back to /proc/PID/stat where pidfds are missing)."""
-        pidfd = self.__dict__.get("_pidfd")
-        if pidfd is None:
+        if self._pidfd is None:
             try:
-                pidfd = os.pidfd_open(self.pid)
+                self._pidfd = os.pidfd_open(self.pid)
             except (AttributeError, OSError):
-                pidfd = -1
-            self.__dict__["_pidfd"] = pidfd
-        if pidfd >= 0:
-            import select
-
-            return not select.select([pidfd], [], [], 0)[0]
+                self._pidfd = -1
+        if self._pidfd >= 0:
+            return not select.select([self._pidfd], [], [], 0)[0]
         try:
             stat = Path(f"/proc/{self.pid}/stat").read_text()
         except OSError:
@@ -73,9 +71,9 @@ class TargetProcess:
 
     def close(self) -> None:
         """Release the pidfd alive() opened (the recording is over)."""
-        pidfd = self.__dict__.pop("_pidfd", None)
-        if pidfd is not None and pidfd >= 0:
-            os.close(pidfd)
+        if self._pidfd is not None and self._pidfd >= 0:
+            os.close(self._pidfd)
+        self._pidfd = None
 
     def threads(self) -> dict[int, str]:
         out = {}
