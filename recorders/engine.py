@@ -25,6 +25,7 @@ from prismkit.errors import PrismError
 
 from .packs import default_packs
 from .packs.base import AttachReport, ProbePack
+from .ringbuf import RingReader, open_ring_reader
 from .target import TargetProcess
 from .trace_writer import TraceWriter
 
@@ -47,6 +48,8 @@ class RecordingContext:
     live_buffers: list[tuple[str, Callable]] = field(default_factory=list)
     #: ring buffers consumed by the polling thread (map names)
     main_buffers: list[str] = field(default_factory=list)
+    #: ring buffers the polling thread drains in bulk: (map fd, reader, drain)
+    bulk_buffers: list[tuple[int, RingReader, Callable[[RingReader], None]]] = field(default_factory=list)
     _deferred: deque = field(default_factory=deque)
     _threads: dict[int, int] = field(default_factory=dict)
     _named: dict[str, int] = field(default_factory=dict)
@@ -64,6 +67,20 @@ class RecordingContext:
         else:
             bpf[name.encode() if isinstance(name, str) else name].open_ring_buffer(callback)
             self.main_buffers.append(name)
+
+    def open_bulk_buffer(self, bpf, name: str, drain: Callable[[RingReader], None]) -> None:
+        """Read ring buffer `name` in bulk: on the polling thread, at each drain of the other
+        buffers, drain(reader) takes all its records at once (recorders/ringbuf.py)."""
+        fd = bpf[name.encode() if isinstance(name, str) else name].map_fd
+        self.bulk_buffers.append((fd, open_ring_reader(bpf, name), drain))
+
+    def drain_bulk(self) -> None:
+        for _fd, reader, drain in self.bulk_buffers:
+            drain(reader)
+
+    def close_bulk(self) -> None:
+        for _fd, reader, _drain in self.bulk_buffers:
+            reader.close()
 
     def defer(self, fn: Callable, *args) -> None:
         """Run fn(*args) on the engine's polling thread (the one that writes the trace)."""
@@ -352,8 +369,10 @@ class Recorder:
             bpf.cleanup()
             raise
         # With every buffer on the live thread BCC has nothing to poll here: sleep instead.
-        main_polls = bool(getattr(bpf, "_ringbuf_manager", None))
-        waiter = RingWaiter([bpf[n.encode() if isinstance(n, str) else n].map_fd for n in ctx.main_buffers])
+        bcc_polls = bool(getattr(bpf, "_ringbuf_manager", None))
+        main_polls = bcc_polls or bool(ctx.bulk_buffers)
+        waiter = RingWaiter([bpf[n.encode() if isinstance(n, str) else n].map_fd for n in ctx.main_buffers]
+                            + [fd for fd, _reader, _drain in ctx.bulk_buffers])
         self.ready.set()
 
         old_handlers = {}
@@ -380,7 +399,9 @@ class Recorder:
                         # work the live thread handed over before this drain began: what it
                         # depends on (a batch's stages, in another buffer) is then drained too
                         ready = ctx.deferred_count()
-                        bpf.ring_buffer_consume()
+                        if bcc_polls:
+                            bpf.ring_buffer_consume()
+                        ctx.drain_bulk()
                         ctx.run_deferred(ready)
                         if now >= next_drain:
                             next_drain = now + self.poll_interval_ms / 1000
@@ -432,6 +453,11 @@ class Recorder:
             bpf.ring_buffer_consume()  # drain what is already in the buffers
         except Exception:
             pass
+        try:
+            ctx.drain_bulk()
+        except Exception as exc:  # one pack's failure must not cost the trace
+            self._log(f"final drain failed: {exc!r}")
+        ctx.close_bulk()
         ctx.run_deferred()
         lost = {buf: _sum_percpu(bpf, m) for p in packs for buf, m in p.buffers.items()}
         events: dict[str, int] = {}

@@ -412,9 +412,10 @@ def test_sched_pack_on_thread_churn(bpf_ok, tmp_path, min_offcpu_us):
         stop_busy(busy)
         deadline = time.monotonic() + 0.3
         while time.monotonic() < deadline:
-            bpf.ring_buffer_poll(timeout=50)
+            time.sleep(0.05)
+            ctx.drain_bulk()
             pack.sample(ctx, time.monotonic_ns())
-        bpf.ring_buffer_consume()
+        ctx.drain_bulk()
         totals = pack.thread_totals()
         pack.finish(bpf, ctx)
         writer.close()
@@ -462,3 +463,63 @@ def test_sched_pack_on_thread_churn(bpf_ok, tmp_path, min_offcpu_us):
     assert len(others) > 0, s.groupby(["reason", "by_comm"]).size()
     if min_offcpu_us:
         assert (others["dur"] < min_offcpu_us * 1000).any(), "short preemptions by another process must be kept"
+
+
+def test_sched_bulk_write_matches_record_by_record(tmp_path):
+    """The sched pack's bulk path (numpy view of a drain, one TraceWriter.slices call) writes
+    the slices its former per-record callback wrote: same tracks, names and args."""
+    from types import SimpleNamespace
+
+    from prismkit.trace import load_trace
+    from recorders.engine import RecordingContext
+    from recorders.packs.sched.pack import SCHED_EVENT, SchedPack, _comm
+    from recorders.trace_writer import TraceWriter
+
+    rng = np.random.default_rng(3)
+    n = 300
+    ev = np.zeros(n, SCHED_EVENT)
+    ev["ts_off"] = 10**12 + np.arange(n) * 100_000
+    ev["ts_on"] = ev["ts_off"] + rng.integers(0, 90_000, n)
+    ev["ts_on"][5] = ev["ts_off"][5] - 10  # clocks of two CPUs: written with duration 0
+    ev["runq_ns"] = rng.integers(0, 2**40, n)
+    ev["tid"] = rng.choice([4003, 4001, 4002, 4007], n)
+    ev["by_pid"] = rng.choice([0, 17, 2**32 - 1], n)
+    ev["cpu"] = rng.integers(0, 8, n)
+    ev["reason"] = rng.choice([1, 2, 2, 0, 9], n)
+    comms = [b"swapper/0", b"llama-server", b"k\xffworker", b"x" * 16, b"ab\0garbage"]
+    ev["by_comm"] = [np.void(c.ljust(16, b"\0")) for c in rng.choice(comms, n)]
+
+    def recorded(name: str, write) -> tuple:
+        writer = TraceWriter(tmp_path / name)
+        target = SimpleNamespace(pid=4000, thread_name=lambda tid: f"worker-{tid}")
+        pack = SchedPack()
+        pack._ctx = RecordingContext(writer, target, writer.process_track(4000, "srv"), {})
+        write(pack)
+        writer.close()
+        return load_trace(tmp_path / name).sched, pack
+
+    def one_by_one(pack) -> None:  # the former SchedPack._on_event, record by record
+        for r in ev.tolist():
+            ts_off, ts_on, runq, tid, by_pid, cpu, reason, by_comm = r
+            pack.events += 1
+            pack.by_reason[reason] = pack.by_reason.get(reason, 0) + 1
+            pack._ctx.writer.slice(pack._track(tid), ts_off, ts_on - ts_off,
+                                   {1: "preempted", 2: "blocked"}.get(reason, "off_cpu"), "sched",
+                                   {"by_pid": by_pid, "by_comm": _comm(by_comm), "runq_wait_ns": runq, "cpu": cpu})
+
+    def in_drains(pack) -> None:
+        for part in np.array_split(ev, [1, 60, 61, 200]):
+            pack._write_events(np.frombuffer(part.tobytes(), SCHED_EVENT))
+
+    ref, ref_pack = recorded("one_by_one.pftrace", one_by_one)
+    got, got_pack = recorded("bulk.pftrace", in_drains)
+    assert len(got) == n
+    cols = ["ts", "dur", "pid", "tid", "reason", "by_pid", "by_comm", "runq_wait_ns", "cpu", "track"]
+    key = ["ts", "tid"]
+    a = ref[cols].sort_values(key).reset_index(drop=True)
+    b = got[cols].sort_values(key).reset_index(drop=True)
+    assert a.equals(b), (a.compare(b) if a.shape == b.shape else (a.shape, b.shape))
+    assert set(got["reason"]) == {"preempted", "blocked", "off_cpu"}
+    assert "k\ufffdworker" in set(got["by_comm"]) and "ab" in set(got["by_comm"])
+    assert got_pack.events == ref_pack.events == n
+    assert got_pack.by_reason == ref_pack.by_reason
