@@ -167,6 +167,11 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-preempt-us", type=int, default=20,
                    help="preemptions by other processes shorter than this are counted, not written "
                         "(at most --min-offcpu-us); 0 writes all")
+    p.add_argument("--min-stage-us", type=int, default=10,
+                   help="engine stage calls (sampling, detokenizing...) shorter than this are counted and timed, "
+                        "not written one by one; 0 writes all")
+    p.add_argument("--time-all-syscalls", action="store_true",
+                   help="time futex calls too (default: counted only; ~280 ns each on the server's thread pool)")
     p.add_argument("--capture-paths", action="store_true",
                    help="also record each request's HTTP path (off by default: sizes and timings only)")
     p.add_argument("--packs", default=None, metavar="NAMES",
@@ -224,7 +229,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
     rec = Recorder(pid, args.output, duration_s=args.duration, sample_interval_s=args.sample_ms / 1000, packs=packs,
                    ringbuf_pages=args.ringbuf_pages, poll_interval_ms=args.poll_ms,
                    capture_paths=args.capture_paths, min_offcpu_us=args.min_offcpu_us,
-                   min_preempt_us=args.min_preempt_us,
+                   min_preempt_us=args.min_preempt_us, min_stage_us=args.min_stage_us,
+                   time_all_syscalls=args.time_all_syscalls,
                    verbose=not args.quiet)
     summary = rec.run()
     print(f"trace: {summary.path}  (open it in https://ui.perfetto.dev)")

@@ -155,7 +155,7 @@ class _LivePoller:
     """
 
     def __init__(self, bpf, buffers: list[tuple[str, Callable]], poll_ms: int, log: Callable[[str], None],
-                 rt_priority: int | None = None) -> None:
+                 rt_priority: int | None = None, notify_fd: int | None = None) -> None:
         from bcc.libbcc import _RINGBUF_CB_TYPE, lib
 
         self._lib = lib
@@ -167,6 +167,9 @@ class _LivePoller:
         self._stop = threading.Event()
         self._errors = 0
         self._log = log
+        # After a forced wakeup (a batch ended) the polling thread is told to drain too, at
+        # most once per poll interval: the engine is then between batches.
+        self._notify_fd = notify_fd
         for name, callback in buffers:
             def raw(_ctx, data, size, callback=callback):
                 try:
@@ -201,9 +204,15 @@ class _LivePoller:
             except OSError as exc:
                 self._log(f"live thread stays SCHED_OTHER: {exc}")
         lib, mgr, wait, timeout = self._lib, self._mgr, self._waiter.wait, self._poll_ms / 1000
+        notify, last_notify = self._notify_fd, 0.0
         while not self._stop.is_set():
-            wait(timeout)  # a forced wakeup (a finished batch with live observers), or the drain timeout
+            woken = wait(timeout)  # a forced wakeup (a finished batch), or the drain timeout
             lib.bpf_consume_ringbuf(mgr)
+            if woken and notify is not None:
+                now = time.monotonic()
+                if now - last_notify >= timeout:
+                    last_notify = now
+                    os.eventfd_write(notify, 1)
 
     def close(self) -> None:
         self._stop.set()
@@ -231,7 +240,9 @@ class Recorder:
     def __init__(self, pid: int, output: str | os.PathLike, duration_s: float | None = None,
                  packs: list[ProbePack] | None = None, sample_interval_s: float = 0.2,
                  ringbuf_pages: int = 256, poll_interval_ms: int = 50, capture_paths: bool = False,
-                 min_offcpu_us: int = 50, min_preempt_us: int = 20, rt_priority: int | None = None,
+                 min_offcpu_us: int = 50, min_preempt_us: int = 20, min_stage_us: int = 10,
+                 time_all_syscalls: bool = False,
+                 rt_priority: int | None = None,
                  verbose: bool = True, on_event_count: Callable[[dict], None] | None = None) -> None:
         self.pid = pid
         self.output = Path(output)
@@ -243,8 +254,13 @@ class Recorder:
         # would be thousands per second); preemptions by other processes have their own,
         # lower limit min_preempt_us (measured on a loaded 2-core host: preemptions under
         # 20 us were 47% of the slices and 0.3% of the preempted time).
+        # min_stage_us: engine stage calls shorter than this are counted, not written
+        # (see the llama_cpp pack). time_all_syscalls: the syscalls pack times futex calls too (see its docstring)
         self.options = {"ringbuf_pages": ringbuf_pages, "capture_paths": capture_paths,
-                        "min_offcpu_us": min_offcpu_us, "min_preempt_us": min_preempt_us}
+                        "min_offcpu_us": min_offcpu_us, "min_preempt_us": min_preempt_us,
+                        "min_stage_us": min_stage_us}
+        if time_all_syscalls:
+            self.options["untimed_syscalls"] = ()
         self.poll_interval_ms = poll_interval_ms
         # rt_priority (prism watch): SCHED_FIFO for the live thread, which only copies a
         # batch record and runs the live observers. A woken normal thread waits behind the
@@ -355,24 +371,31 @@ class Recorder:
             "clock": "CLOCK_MONOTONIC",
             "prismkit_version": _version(),
         })
+        batch_end: int | None = None  # eventfd: the live thread saw a batch end (see _LivePoller)
         try:
             for p in packs:
                 p.start(bpf, ctx)
             for p in packs:  # now that every pack has registered its observers
                 if hasattr(p, "set_live"):
-                    p.set_live(bpf, bool(ctx.live_observers))
+                    p.set_live(bpf, bool(ctx.live_observers), self.poll_interval_ms)
             if ctx.live_buffers:
+                batch_end = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
                 self._live = _LivePoller(bpf, ctx.live_buffers, self.poll_interval_ms, self._log,
-                                         self.rt_priority)
+                                         self.rt_priority, notify_fd=batch_end)
         except Exception:
             writer.close()
             bpf.cleanup()
             raise
         # With every buffer on the live thread BCC has nothing to poll here: sleep instead.
         bcc_polls = bool(getattr(bpf, "_ringbuf_manager", None))
-        main_polls = bcc_polls or bool(ctx.bulk_buffers)
+        main_polls = bcc_polls or bool(ctx.bulk_buffers) or batch_end is not None
         waiter = RingWaiter([bpf[n.encode() if isinstance(n, str) else n].map_fd for n in ctx.main_buffers]
-                            + [fd for fd, _reader, _drain in ctx.bulk_buffers])
+                            + [fd for fd, _reader, _drain in ctx.bulk_buffers]
+                            + ([batch_end] if batch_end is not None else []))
+        # Drains follow batch ends (at most one per poll interval), when the engine samples and
+        # sends tokens on one thread and the recorder takes no CPU from its lockstep compute
+        # threads; the timer only covers an idle server.
+        drain_gap_s = self.poll_interval_ms / 1000 * (4 if batch_end is not None else 1)
         self.ready.set()
 
         old_handlers = {}
@@ -385,6 +408,8 @@ class Recorder:
         next_sample = time.monotonic()
         next_status = time.monotonic() + 1.0
         next_drain = time.monotonic()
+        next_pack_sample: dict[str, float] = {}   # packs with a slower sample period of their own
+        lost_last: dict[str, int] = {}
         lost_tracks = {buf: ctx.counter_track(f"lost_events.{buf}", "events")
                        for p in packs for buf in p.buffers}
         try:
@@ -395,6 +420,11 @@ class Recorder:
                     # when it fills up; otherwise everything is drained once per poll interval.
                     woken = waiter.wait(max(next_drain - time.monotonic(), 0.0))
                     now = time.monotonic()
+                    if woken and batch_end is not None:
+                        try:
+                            os.eventfd_read(batch_end)
+                        except BlockingIOError:
+                            pass
                     if woken or now >= next_drain:
                         # work the live thread handed over before this drain began: what it
                         # depends on (a batch's stages, in another buffer) is then drained too
@@ -403,8 +433,8 @@ class Recorder:
                             bpf.ring_buffer_consume()
                         ctx.drain_bulk()
                         ctx.run_deferred(ready)
-                        if now >= next_drain:
-                            next_drain = now + self.poll_interval_ms / 1000
+                        if now >= next_drain or batch_end is not None:
+                            next_drain = now + drain_gap_s
                 else:
                     self._stop_event.wait(self.poll_interval_ms / 1000)
                     ctx.run_deferred()
@@ -412,13 +442,22 @@ class Recorder:
                 if now >= next_sample:
                     ts = time.monotonic_ns()
                     for p in packs:
-                        p.sample(ctx, ts)
-                    for p in packs:
-                        for buf, lost_map in p.buffers.items():
-                            writer.counter(lost_tracks[buf], ts, _sum_percpu(bpf, lost_map))
+                        every = getattr(p, "sample_every_s", None)
+                        if every is None or now >= next_pack_sample.get(p.name, 0.0):
+                            p.sample(ctx, ts)
+                            if every is not None:
+                                next_pack_sample[p.name] = now + every
                     next_sample = now + self.sample_interval_s
                 if now >= next_status:
-                    self._status_line(packs, bpf)
+                    # lost-event counters once a second (and when they change): reading a
+                    # per-CPU map costs ~20 us
+                    ts = time.monotonic_ns()
+                    lost_now = {buf: _sum_percpu(bpf, lost_map) for p in packs for buf, lost_map in p.buffers.items()}
+                    for buf, value in lost_now.items():
+                        if lost_last.get(buf) != value:
+                            writer.counter(lost_tracks[buf], ts, value)
+                            lost_last[buf] = value
+                    self._status_line(packs, sum(lost_now.values()))
                     next_status = now + 1.0
                 if deadline is not None and now >= deadline:
                     self.stop("duration")
@@ -429,16 +468,19 @@ class Recorder:
                 signal.signal(sig, handler)
             waiter.close()
             target.close()
-            summary = self._finish(bpf, ctx, packs, report, t_start)
+            try:
+                summary = self._finish(bpf, ctx, packs, report, t_start)
+            finally:
+                if batch_end is not None:  # the live thread, which writes it, has stopped
+                    os.close(batch_end)
         return summary
 
-    def _status_line(self, packs, bpf) -> None:
+    def _status_line(self, packs, lost: int) -> None:
         if not self.verbose:
             return
         counts = {}
         for p in packs:  # the first two counts of each pack keep the line short
             counts.update(list({k: v for k, v in p.metadata().items() if isinstance(v, int)}.items())[:2])
-        lost = sum(_sum_percpu(bpf, m) for p in packs for m in p.buffers.values())
         text = ", ".join(f"{k} {v}" for k, v in counts.items())
         print(f"\r[record] {text}, lost {lost}\033[K", end="", file=sys.stderr, flush=True)
 

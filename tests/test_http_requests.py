@@ -402,9 +402,7 @@ def test_state_machine_sizes_and_order():
 
     def ev(kind, fd, ts, n=0, aux=0):
         e = hp.HttpEvent(ts=ts, ts_enter=ts, bytes=n, tid=7, fd=fd, kind=kind, aux=aux)
-        p._on_event(0, ct.addressof(e), ct.sizeof(e))
-
-    import ctypes as ct
+        p._on_event(e)
 
     ev(hp.WRITE, 5, 50, 285)                       # a response to a request from before the recording
     ev(hp.ACCEPT, 5, 90, aux=8080)                 # (fd reused without a close seen)

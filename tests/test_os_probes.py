@@ -245,7 +245,8 @@ def test_syscall_summary(contended):
     t = contended["trace"]
     args = summary_args(t, "syscalls.summary")
     assert args["syscalls"] > 0
-    assert args["futex.count"] > 0 and args["futex.total_ns"] > 0
+    # futex (the ggml thread pool's ~30k calls/s) is counted, not timed, unless --time-all-syscalls
+    assert args["futex.count"] > 0 and "futex.total_ns" not in args and args["untimed"] == "futex"
     # the HTTP server reads requests and writes responses on its sockets
     net = [s for s in ("recvfrom", "sendto", "sendmsg", "recvmsg", "accept4", "accept") if args.get(f"{s}.count", 0) > 0]
     assert len(net) >= 2, f"socket syscalls missing from the summary: {sorted(k for k in args if k.endswith('.count'))}"

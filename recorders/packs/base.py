@@ -48,6 +48,8 @@ class ProbePack:
     bpf_file: Path | None = None
     #: ring buffers this pack owns: BPF map name -> per-CPU lost counter map name
     buffers: dict[str, str] = {}
+    #: seconds between sample() calls, if slower than the engine's sample interval
+    sample_every_s: float | None = None
 
     def applies_to(self, target: "TargetProcess") -> bool:
         return True
@@ -124,3 +126,23 @@ def map_items(table) -> list:
 
 def _plain(x):
     return x.value if isinstance(x, _CT_INTS) else x
+
+
+def percpu_array_u64(table, n_fields: int) -> "np.ndarray":
+    """Every slot of a per-CPU array whose value is n_fields u64s: array[slot, cpu, field].
+
+    One batch syscall into a preallocated buffer and a numpy view of it: the generic
+    items path builds a Python object per slot and CPU (~1 ms for 512 slots)."""
+    import numpy as np
+    from bcc.libbcc import lib
+
+    bufs = getattr(table, "_prism_batch_bufs", None)
+    if bufs is None:
+        bufs = table._prism_batch_bufs = table._alloc_keys_values(alloc_k=True, alloc_v=True)
+    count, keys, values = bufs
+    n = ct.c_uint32(count.value)
+    out_batch = ct.c_uint32(0)
+    if lib.bpf_lookup_batch(table.map_fd, None, ct.byref(out_batch), keys, values, ct.byref(n)) != 0 \
+            and ct.get_errno() not in (0, 2):  # ENOENT: the whole array was read
+        raise OSError(ct.get_errno(), "BPF_MAP_LOOKUP_BATCH failed")
+    return np.frombuffer(values, dtype=np.uint64).reshape(count.value, -1, n_fields)[: n.value]

@@ -245,11 +245,18 @@ class HttpPack(ProbePack):
     def start(self, bpf, ctx) -> None:
         self._ctx = ctx
         ctx.batch_observers.append(self.on_batch)
-        bpf[b"http_events"].open_ring_buffer(self._on_event)
+        ctx.open_bulk_buffer(bpf, "http_events", self._drain)
 
     # -- events --------------------------------------------------------------
-    def _on_event(self, _cpu, data, _size) -> None:
-        ev = ct.cast(data, ct.POINTER(HttpEvent)).contents
+    def _drain(self, reader) -> None:
+        """Every record since the last drain, in one read (no per-record callback)."""
+        size = ct.sizeof(HttpEvent)
+        raw = reader.drain_fixed(size)
+        from_copy = HttpEvent.from_buffer_copy
+        for offset in range(0, len(raw), size):
+            self._on_event(from_copy(raw, offset))
+
+    def _on_event(self, ev: HttpEvent) -> None:
         self.events += 1
         kind, fd, ts = ev.kind, ev.fd, ev.ts
         if kind == ACCEPT:

@@ -59,8 +59,19 @@ BPF_PERCPU_ARRAY(llama_scratch, struct llama_seq_scratch, 1);
 BPF_PERCPU_ARRAY(llama_lost, u64, 1);
 BPF_HASH(llama_open_batch, u32, struct llama_event, 1024);
 BPF_HASH(llama_open_stage, u64, u64, 4096);      // (tid << 8 | stage) -> entry ts
+struct llama_short { u64 count; u64 ns; };
+// Stage calls shorter than LLAMA_MIN_STAGE_NS (defined by pack.py), per stage id: counted
+// and timed here, not written one by one (llama_synchronize and common_token_to_piece
+// take 1-2 us, a few calls per sequence per batch: most of the stage records).
+BPF_PERCPU_ARRAY(llama_short_stages, struct llama_short, 16);
 BPF_PROG_ARRAY(llama_progs, 2);                  // 0: llama_tokens_chunk, 1: llama_batch_fold
-BPF_ARRAY(llama_wake_per_batch, u32, 1);         // 1: someone watches batches live (pack.py sets it)
+struct llama_wake {
+    u32 per_batch;              // 1: someone watches batches live: wake at every batch end
+    u32 _pad;
+    u64 min_gap_ns;             // else wake at the first batch end this long after the last wakeup
+    u64 last;                   // last forced wakeup
+};
+BPF_ARRAY(llama_wake, struct llama_wake, 1);     // set by pack.py (set_live)
 
 static __always_inline void llama_count_lost(void) {
     int zero = 0;
@@ -180,11 +191,18 @@ int llama_decode_return(struct pt_regs *ctx) {
     ev->ts_end = bpf_ktime_get_ns();
     ev->ret = (s32)PT_REGS_RC(ctx);
     // A finished batch is what an online detector waits for: wake the consumer now. With
-    // nobody watching live, the engine drains the buffer every poll interval instead
-    // (each wakeup preempts one of the server's lockstep compute threads).
+    // nobody watching live, wake it at the first batch end a poll interval after the last
+    // wakeup: the recorder then drains every buffer while the engine samples and sends
+    // tokens on one thread (a wakeup mid-batch preempts one of its lockstep compute threads
+    // and stalls the other).
     int zero = 0;
-    u32 *live = llama_wake_per_batch.lookup(&zero);
-    llama_events.ringbuf_submit(ev, (live && *live) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+    u64 flags = BPF_RB_NO_WAKEUP;
+    struct llama_wake *w = llama_wake.lookup(&zero);
+    if (w && (w->per_batch || (w->min_gap_ns && ev->ts_end - w->last >= w->min_gap_ns))) {
+        w->last = ev->ts_end;
+        flags = BPF_RB_FORCE_WAKEUP;
+    }
+    llama_events.ringbuf_submit(ev, flags);
     llama_open_batch.delete(&tid);
     return 0;
 }
@@ -204,6 +222,17 @@ static __always_inline int llama_stage_return(u32 stage) {
     u64 key = ((id & 0xffffffff) << 8) | stage;
     u64 *start = llama_open_stage.lookup(&key);
     if (!start) return 0;
+    u64 now = bpf_ktime_get_ns();
+    if (now - *start < LLAMA_MIN_STAGE_NS) {
+        u32 slot = stage & 15;
+        struct llama_short *sh = llama_short_stages.lookup(&slot);
+        if (sh) {
+            sh->count += 1;             // per-CPU slot: no other writer
+            sh->ns += now - *start;
+        }
+        llama_open_stage.delete(&key);
+        return 0;
+    }
     struct llama_event *ev = llama_stage_events.ringbuf_reserve(sizeof(struct llama_event));
     if (!ev) {
         int zero = 0;
@@ -214,7 +243,7 @@ static __always_inline int llama_stage_return(u32 stage) {
     }
     __builtin_memset(ev, 0, sizeof(*ev));
     ev->ts_start = *start;
-    ev->ts_end = bpf_ktime_get_ns();
+    ev->ts_end = now;
     ev->tid = (u32)id;
     ev->kind = stage;
     // No wakeup: the recorder drains stages every poll interval (50 ms); 1 MiB holds

@@ -11,12 +11,21 @@ Which functions llama-server really calls (checked on the pinned build):
 - `llama_synchronize` (waits for the backend after a decode with outputs).
 Newer llama.cpp servers call `llama_process` on an opaque batch instead of
 llama_decode; that build is reported as unsupported (no batch attributes).
+
+Stage calls shorter than `min_stage_us` (default 10; `prism record --min-stage-us`)
+are counted and timed in the kernel, not written as slices: llama_synchronize and
+common_token_to_piece take 1-2 us and were 60% of the stage records. The metadata's
+`stage.<name>` counts the written slices and `stage.<name>.short` the other calls; an instant
+`llama_cpp.short_stages` (category metadata) at the end gives their calls and total ns.
 """
 from __future__ import annotations
 
 import ctypes as ct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from ...target import TargetProcess
 from ..base import AttachReport, ProbePack, Uprobe, attach_uprobe
@@ -38,8 +47,13 @@ FALLBACK_LIBRARY = {"libllama-common": "exe"}
 FALLBACK_SYMBOLS = {2: ("libllama", ("llama_sampler_sample",)), 3: ("libllama", ("llama_tokenize",)),
                     4: ("libllama", ("llama_token_to_piece",))}
 
+DEFAULT_MIN_STAGE_US = 10
 DECODE = Uprobe("llama_decode", "libllama", ("llama_decode",), entry="llama_decode_enter",
                 ret="llama_decode_return", reads=("sp",))
+
+
+STAGE_RECORD = np.dtype([  # the head of struct llama_event that a stage record fills (72 bytes in all)
+    ("ts_start", "<u8"), ("ts_end", "<u8"), ("tid", "<u4"), ("kind", "<u4"), ("_rest", "V48")])
 
 
 class LlamaEvent(ct.Structure):
@@ -50,6 +64,9 @@ class LlamaEvent(ct.Structure):
         ("ret", ct.c_int32), ("truncated", ct.c_uint32), ("seq_mask_lo", ct.c_uint32),
         ("prefill_mask_lo", ct.c_uint32), ("_pad", ct.c_uint32),
     ]
+
+
+assert STAGE_RECORD.itemsize == ct.sizeof(LlamaEvent)
 
 
 @dataclass(eq=False)
@@ -98,17 +115,23 @@ class LlamaCppPack(ProbePack):
     def __init__(self) -> None:
         self.batches = 0
         self.stage_counts: dict[str, int] = {}
+        self.short_stages: dict[str, tuple[int, int]] = {}  # name -> (calls, ns) not written
+        self.min_stage_us = DEFAULT_MIN_STAGE_US
+        self._bpf = None
         self._pending: dict[int, list[_Stage]] = {}  # tid -> stage slices not yet written
         self._decode_tids: set[int] = set()
         self._ctx = None
         self._n_tokens_track = self._kv_track = self._seqs_track = None
+        self._last_n_tokens = self._last_n_seqs = None
 
     def applies_to(self, target: TargetProcess) -> bool:
         return target.library("libllama") is not None
 
     def bpf_text(self, target: TargetProcess, options: dict) -> str:
         programs = " ".join(f"LLAMA_STAGE({n})" for n in STAGES)
-        return self.bpf_file.read_text().replace("LLAMA_STAGE_PROGRAMS", programs)
+        self.min_stage_us = int(options.get("min_stage_us", DEFAULT_MIN_STAGE_US) or 0)
+        return (f"#define LLAMA_MIN_STAGE_NS {self.min_stage_us * 1000}ULL\n"
+                + self.bpf_file.read_text().replace("LLAMA_STAGE_PROGRAMS", programs))
 
     def attach(self, bpf, target: TargetProcess, report: AttachReport) -> None:
         from bcc import BPF
@@ -142,15 +165,21 @@ class LlamaCppPack(ProbePack):
 
     def start(self, bpf, ctx) -> None:
         self._ctx = ctx
+        self._bpf = bpf
         self._n_tokens_track = ctx.writer.counter_track("batch.n_tokens", ctx.process_track, "tokens")
         self._kv_track = ctx.writer.counter_track("batch.kv_tokens", ctx.process_track, "tokens")
         self._seqs_track = ctx.writer.counter_track("batch.n_seqs", ctx.process_track, "sequences")
-        ctx.open_ring_buffer(bpf, "llama_stage_events", self._on_stage_record)
+        ctx.open_bulk_buffer(bpf, "llama_stage_events", self._drain_stages)
         ctx.open_ring_buffer(bpf, "llama_events", self._on_record, live=True)
 
-    def set_live(self, bpf, live: bool) -> None:
-        """Wake the consumer once per finished batch only when live observers wait for it."""
-        bpf["llama_wake_per_batch"][ct.c_int(0)] = ct.c_uint32(1 if live else 0)
+    def set_live(self, bpf, live: bool, drain_gap_ms: int = 0) -> None:
+        """Wake the consumer at every finished batch when live observers wait for it; else
+        (drain_gap_ms > 0) at the first batch end drain_gap_ms after the last wakeup."""
+        table = bpf["llama_wake"]
+        leaf = table.Leaf()
+        leaf.per_batch = 1 if live else 0
+        leaf.min_gap_ns = max(int(drain_gap_ms), 0) * 1_000_000
+        table[ct.c_int(0)] = leaf
 
     def _on_record(self, _cpu, data, _size) -> None:
         """On the engine's live thread: copy the record, show a batch to the live observers
@@ -165,11 +194,18 @@ class LlamaCppPack(ProbePack):
                 observe(seen)
         self._ctx.defer(self._on_event, ev, seen)
 
-    def _on_stage_record(self, _cpu, data, _size) -> None:
-        """On the engine's polling thread. The engine runs a batch's deferred writing only after
-        a drain that began after the batch arrived, so every stage inside it (submitted before
-        the batch's record, by the same thread) is already pending here."""
-        self._on_event(LlamaEvent.from_address(data), None)
+    def _drain_stages(self, reader) -> None:
+        """On the engine's polling thread, every stage record since the last drain at once. The
+        engine runs a batch's deferred writing only after a drain that began after the batch
+        arrived, so every stage inside it (submitted before the batch's record, by the same
+        thread) is already pending then."""
+        raw = reader.drain_fixed(STAGE_RECORD.itemsize)
+        if not raw:
+            return
+        ev = np.frombuffer(raw, STAGE_RECORD)
+        for ts_start, ts_end, tid, kind in zip(ev["ts_start"].tolist(), ev["ts_end"].tolist(),
+                                               ev["tid"].tolist(), ev["kind"].tolist()):
+            self._on_stage(ts_start, ts_end, tid, kind)
 
     @staticmethod
     def _batch_args(ev: LlamaEvent, batch_id: int) -> dict:
@@ -188,16 +224,18 @@ class LlamaCppPack(ProbePack):
         if ev.kind == BATCH_KIND:
             self._write_batch(ev, seen)
         else:
-            name = STAGES.get(ev.kind, (f"stage{ev.kind}",))[0]
-            self.stage_counts[name] = self.stage_counts.get(name, 0) + 1
-            if ev.tid not in self._decode_tids and name not in ENGINE_LOOP_STAGES:
-                # e.g. tokenization on an HTTP thread: no batch can enclose it, write it now
-                write_nested(self._ctx.writer, self._ctx.thread_track(ev.tid),
-                             [_Stage(ev.ts_start, ev.ts_end - ev.ts_start, name)])
-                return
-            # On a decoding thread a stage may be the child of a batch not yet seen: hold it
-            # until that batch arrives so the track's events stay in time order.
-            self._pending.setdefault(ev.tid, []).append(_Stage(ev.ts_start, ev.ts_end - ev.ts_start, name))
+            self._on_stage(ev.ts_start, ev.ts_end, ev.tid, ev.kind)
+
+    def _on_stage(self, ts_start: int, ts_end: int, tid: int, kind: int) -> None:
+        name = STAGES.get(kind, (f"stage{kind}",))[0]
+        self.stage_counts[name] = self.stage_counts.get(name, 0) + 1
+        if tid not in self._decode_tids and name not in ENGINE_LOOP_STAGES:
+            # e.g. tokenization on an HTTP thread: no batch can enclose it, write it now
+            write_nested(self._ctx.writer, self._ctx.thread_track(tid), [_Stage(ts_start, ts_end - ts_start, name)])
+            return
+        # On a decoding thread a stage may be the child of a batch not yet seen: hold it
+        # until that batch arrives so the track's events stay in time order.
+        self._pending.setdefault(tid, []).append(_Stage(ts_start, ts_end - ts_start, name))
 
     def _write_batch(self, ev: LlamaEvent, seen: dict) -> None:
         ctx = self._ctx
@@ -215,8 +253,13 @@ class LlamaCppPack(ProbePack):
         batch = _Stage(ev.ts_start, ev.ts_end - ev.ts_start, "llama_decode", "batch", args,
                        {"ret": ev.ret}, flows)
         write_nested(w, track, [batch, *inside])
-        w.counter(self._n_tokens_track, ev.ts_start, ev.n_tokens)
-        w.counter(self._seqs_track, ev.ts_start, ev.n_seqs)
+        # a counter holds its value until the next sample: write these two when they change
+        if ev.n_tokens != self._last_n_tokens:
+            w.counter(self._n_tokens_track, ev.ts_start, ev.n_tokens)
+            self._last_n_tokens = ev.n_tokens
+        if ev.n_seqs != self._last_n_seqs:
+            w.counter(self._seqs_track, ev.ts_start, ev.n_seqs)
+            self._last_n_seqs = ev.n_seqs
         if ev.kv_tokens >= 0:
             w.counter(self._kv_track, ev.ts_start, ev.kv_tokens)
 
@@ -231,6 +274,31 @@ class LlamaCppPack(ProbePack):
     def finish(self, bpf, ctx) -> None:
         for tid in list(self._pending):
             self._flush_stages(tid, upto=None)
+        self.short_stages = self._read_short_stages()
+        if self.short_stages:
+            args = {"min_stage_us": self.min_stage_us}
+            for name, (calls, ns) in self.short_stages.items():
+                args[f"{name}.calls"] = calls
+                args[f"{name}.total_ns"] = ns
+            ctx.writer.instant(ctx.process_track, time.monotonic_ns(), "llama_cpp.short_stages", "metadata", args)
+
+    def _read_short_stages(self) -> dict[str, tuple[int, int]]:
+        if self._bpf is None:
+            return {}
+        out = {}
+        table = self._bpf[b"llama_short_stages"]
+        for stage_id, (name, _spec) in STAGES.items():
+            per_cpu = table[table.Key(stage_id)]
+            calls, ns = sum(v.count for v in per_cpu), sum(v.ns for v in per_cpu)
+            if calls:
+                out[name] = (int(calls), int(ns))
+        return out
 
     def metadata(self) -> dict:
-        return {"batches": self.batches, **{f"stage.{k}": v for k, v in self.stage_counts.items()}}
+        out = {"batches": self.batches}
+        for name in {**self.stage_counts, **self.short_stages}:
+            short = self.short_stages.get(name, (0, 0))[0]
+            out[f"stage.{name}"] = self.stage_counts.get(name, 0)
+            if short:
+                out[f"stage.{name}.short"] = short
+        return out

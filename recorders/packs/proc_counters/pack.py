@@ -239,8 +239,8 @@ class ProcCountersPack(ProbePack):
         now_ns = time.monotonic_ns()
         self.samples += 1
         # Per-thread counters once a second: two /proc reads per thread per sample were a
-        # fifth of the recorder's own CPU time; the sched pack's in-kernel per-thread
-        # totals (sched.*_ns.<tid>) keep the fine-grained view.
+        # fifth of the recorder's own CPU time; the sched pack's off-CPU slices keep the
+        # fine-grained view.
         if not self._prev_thread_ts or now_ns - self._prev_thread_ts >= THREAD_SAMPLE_NS:
             dt = now_ns - self._prev_thread_ts if self._prev_thread_ts else 0
             self._sample_threads(ctx, now_ns, dt)

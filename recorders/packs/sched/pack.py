@@ -83,6 +83,9 @@ class SchedPack(ProbePack):
     name = "sched"
     bpf_file = Path(__file__).with_name("sched.bpf.c")
     buffers = {"sched_events": "sched_lost"}
+    # per-thread totals and preemptors once a second (~300 us a read); the slices give
+    # the fine-grained view
+    sample_every_s = 1.0
 
     def __init__(self) -> None:
         self.events = 0

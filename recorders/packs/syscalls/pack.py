@@ -17,6 +17,12 @@ the kernel's per-CPU bpf_prog_active, and a recorder preempted there makes the
 tracepoint programs on that CPU skip events until it runs again.
 Time in blocking calls (futex, epoll_wait, poll, accept...) is time the thread
 waited there, not CPU time.
+
+futex is counted but not timed by default (`untimed_syscalls` option; `prism record
+--time-all-syscalls` times it too): the ggml thread pool makes ~30k futex calls/s
+under load, and timing each cost ~280 ns of BPF on the compute threads. Its waits are
+the threads' blocked off-CPU time in the sched pack. The summary lists untimed calls
+under `untimed` and gives them a count only.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ...target import TargetProcess
-from ..base import AttachReport, ProbePack, map_items
+from ..base import AttachReport, ProbePack, map_items, percpu_array_u64
 from ..sched.tracefs import tracepoint_struct
 
 TOP_N = 8
@@ -35,6 +41,16 @@ SLOTS = 512
 # Numbers newer than bcc's table (x86-64): the uretprobe/uprobe trampolines of
 # the recorder's own user probes (Linux 6.11+ / 6.16+) show up as these.
 _EXTRA_NAMES = {"x86_64": {335: "uretprobe", 336: "uprobe"}}
+DEFAULT_UNTIMED = ("futex",)
+
+
+@lru_cache(maxsize=None)
+def syscall_number(name: str) -> int | None:
+    try:
+        from bcc.syscall import syscalls
+    except Exception:
+        return None
+    return next((nr for nr, n in syscalls.items() if n == name.encode()), None)
 
 
 @lru_cache(maxsize=None)
@@ -64,12 +80,17 @@ class SyscallsPack(ProbePack):
         self._last: dict[str, int] = {}
         self.total = 0
         self._last_sample = 0
+        self.untimed: dict[int, str] = {}   # syscall nr -> name: counted, not timed
 
     def bpf_text(self, target: TargetProcess, options: dict) -> str:
         enter = tracepoint_struct("raw_syscalls", "sys_enter", "sys_enter_args", ("id",))
         exit_ = tracepoint_struct("raw_syscalls", "sys_exit", "sys_exit_args", ("id", "ret"))
         self._have = bool(enter and exit_)
         head = ["#define SYSCALLS_HAVE_ENTER 1", enter, "#define SYSCALLS_HAVE_EXIT 1", exit_] if self._have else []
+        names = options.get("untimed_syscalls", DEFAULT_UNTIMED)
+        self.untimed = {nr: name for name in names if (nr := syscall_number(name)) is not None}
+        test = " || ".join(f"(nr) == {nr}" for nr in sorted(self.untimed)) or "0"
+        head.append(f"#define SYSCALLS_UNTIMED(nr) ({test})")
         return "\n".join(head) + "\n" + self.bpf_file.read_text()
 
     def attach(self, bpf, target: TargetProcess, report: AttachReport) -> None:
@@ -82,7 +103,8 @@ class SyscallsPack(ProbePack):
                 bpf.detach_raw_tracepoint(tp=b"sys_enter")
                 raise
             self._attached = True
-            report.attached.append("syscalls: raw_syscalls:sys_enter/sys_exit (raw tracepoints, count and time per syscall)")
+            report.attached.append("syscalls: raw_syscalls:sys_enter/sys_exit (raw tracepoints, count and time per syscall"
+                                   + self._untimed_note() + ")")
             return
         except Exception as exc:  # bcc raises plain Exception
             raw_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -99,24 +121,35 @@ class SyscallsPack(ProbePack):
                                   f"attach failed: {str(exc).splitlines()[0]}"))
             return
         self._attached = True
-        report.attached.append(f"syscalls: raw_syscalls:sys_enter/sys_exit (tracepoints, count and time per syscall; "
-                               f"raw tracepoints failed: {raw_error})")
+        report.attached.append(f"syscalls: raw_syscalls:sys_enter/sys_exit (tracepoints, count and time per syscall"
+                               f"{self._untimed_note()}; raw tracepoints failed: {raw_error})")
+
+    def _untimed_note(self) -> str:
+        return f"; {', '.join(sorted(self.untimed.values()))} counted only" if self.untimed else ""
 
     def per_syscall(self) -> dict[int, dict]:
         """syscall nr -> {count, total_ns, max_ns, errors} over all target threads."""
         out: dict[int, dict] = {}
         if not self._attached:
             return out
-        for k, per_cpu in map_items(self._bpf[b"sys_stats"]):
-            count = sum(v.count for v in per_cpu)
-            if not count:
-                continue
-            out[k] = {"count": count, "total_ns": sum(v.total_ns for v in per_cpu),
-                            "max_ns": max(v.max_ns for v in per_cpu), "errors": sum(v.errors for v in per_cpu)}
+        table = self._bpf[b"sys_stats"]
+        try:
+            raw = percpu_array_u64(table, 4)   # struct sys_val: count, total_ns, max_ns, errors
+        except Exception:  # no batch lookups on this kernel: one lookup per slot
+            for k, per_cpu in map_items(table):
+                count = sum(v.count for v in per_cpu)
+                if count:
+                    out[k] = {"count": count, "total_ns": sum(v.total_ns for v in per_cpu),
+                              "max_ns": max(v.max_ns for v in per_cpu), "errors": sum(v.errors for v in per_cpu)}
+            return out
+        count, total, max_ns, errors = raw[:, :, 0].sum(1), raw[:, :, 1].sum(1), raw[:, :, 2].max(1), raw[:, :, 3].sum(1)
+        for nr in count.nonzero()[0]:
+            out[int(nr)] = {"count": int(count[nr]), "total_ns": int(total[nr]), "max_ns": int(max_ns[nr]),
+                            "errors": int(errors[nr])}
         return out
 
     def per_thread(self) -> dict[int, dict]:
-        """tid -> {count, total_ns} of the target's threads."""
+        """tid -> {count, total_ns} of the timed calls of the target's threads."""
         if not self._attached:
             return {}
         return {k: {"count": v.count, "total_ns": v.total_ns}
@@ -142,7 +175,8 @@ class SyscallsPack(ProbePack):
                 continue
             name = syscall_name(nr) if nr < SLOTS - 1 else "other"
             self._counter(ctx, f"syscalls.{name}.count", "calls", now_ns, row["count"])
-            self._counter(ctx, f"syscalls.{name}.ns", "ns", now_ns, row["total_ns"])
+            if nr not in self.untimed:
+                self._counter(ctx, f"syscalls.{name}.ns", "ns", now_ns, row["total_ns"])
 
     def finish(self, bpf, ctx) -> None:
         if not self._attached:
@@ -150,11 +184,13 @@ class SyscallsPack(ProbePack):
         now = time.monotonic_ns()
         self.sample(ctx, now, force=True)
         rows = self.per_syscall()
-        args: dict = {"syscalls": self.total, "distinct": len(rows)}
+        args: dict = {"syscalls": self.total, "distinct": len(rows),
+                      "untimed": ",".join(sorted(self.untimed.values()))}
         for nr, row in sorted(rows.items(), key=lambda kv: -kv[1]["total_ns"]):
             name = syscall_name(nr) if nr < SLOTS - 1 else "other"
             for key, value in row.items():
-                args[f"{name}.{key}"] = int(value)
+                if nr not in self.untimed or key == "count":
+                    args[f"{name}.{key}"] = int(value)
         for tid, row in sorted(self.per_thread().items()):
             for key, value in row.items():
                 args[f"thread.{tid}.{key}"] = int(value)
