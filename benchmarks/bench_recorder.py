@@ -4,10 +4,13 @@
 
 1. Overhead: server throughput (generated tokens/s at a fixed closed-loop
    concurrency) without (A) and with (B) the recorder attached, in the order
-   A/B, B/A, A/B, ...; prints each run and the median B/A ratio. The recorder runs as
-   `prism record` in a process of its own, as it would in production (in this
-   process it would compete for the GIL with the load generator); its CPU use
-   is printed too.
+   A/B, B/A, A/B, ...; prints each run and the median B/A ratio with a bootstrap 95%
+   interval (on a shared VM a single run's throughput moves by several percent).
+   The recorder runs as `prism record` in a process of its own, as it would in
+   production (in this process it would compete for the GIL with the load
+   generator); its CPU use is printed too. Then one more recording with
+   kernel.bpf_stats_enabled=1 says where the cost goes: the BPF programs' own time
+   per pack and probe hits per second (uprobe traps, ~1-1.5 us each, come on top).
 2. Event rate: the tiny model under heavy load (many short batches) with the
    recorder at its default buffer size and with smaller ones; prints events/s
    and lost events, and the highest rate recorded without loss.
@@ -84,11 +87,65 @@ def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int
                 cpus.append(cpu)
                 print(f"  pair {i + 1}: A {a:8.1f} tok/s   B (recording) {b:8.1f} tok/s   B/A {b / a:.4f}"
                       f"   recorder {cpu:.3f} CPU   events {events} lost {meta.get('lost_events')}")
-        med = statistics.median(ratios)
-        print(f"median B/A throughput ratio: {med:.4f}  -> overhead {100 * (1 - med):+.2f}% (goal: under 1%); "
-              f"recorder process {statistics.median(cpus):.3f} CPU (median)")
+            med = statistics.median(ratios)
+            lo, hi = _median_interval(ratios)
+            print(f"median B/A throughput ratio: {med:.4f} (95% interval {lo:.3f}-{hi:.3f})  -> overhead "
+                  f"{100 * (1 - med):+.2f}% (goal: under 1%); recorder process {statistics.median(cpus):.3f} CPU "
+                  f"(median)")
+            if not watch:
+                _where_it_goes(info, Path(tmp), seconds, concurrency, packs)
     finally:
         srv.stop()
+
+
+def _median_interval(ratios: list[float], n: int = 5000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap 95% interval of the median."""
+    import numpy as np
+
+    r = np.asarray(ratios)
+    meds = np.median(np.random.default_rng(seed).choice(r, size=(n, len(r))), axis=1)
+    return float(np.quantile(meds, 0.025)), float(np.quantile(meds, 0.975))
+
+
+def _where_it_goes(info, tmp: Path, seconds: float, concurrency: int, packs: str | None) -> None:
+    """One recording with kernel.bpf_stats_enabled=1: the probes' own time per pack."""
+    from prismkit.trace import load_trace
+
+    old = _set_bpf_stats(True)
+    try:
+        out = tmp / "stats.pftrace"
+        rec = _start_record(info.pid, out, packs)
+        cpu0 = _cpu_s(rec.pid)
+        throughput(info.url, seconds, concurrency, seed=7)
+        cpu = (_cpu_s(rec.pid) - cpu0) / seconds
+        rec.send_signal(signal.SIGINT)
+        rec.wait(60)
+    finally:
+        _set_bpf_stats(old)
+    meta = load_trace(out).metadata
+    dur = meta.get("duration_ns", seconds * 1e9) / 1e9
+    by_pack: dict[str, list[float]] = {}
+    for key, runs in meta.items():
+        if not (key.startswith("bpf.") and key.endswith(".run_cnt")):
+            continue
+        prog = key[4:-8]
+        pack = {"sys": "syscalls", "sched": "sched", "http": "http", "llama": "llama_cpp"}.get(prog.split("_")[0],
+                                                                                                prog.split("_")[0])
+        row = by_pack.setdefault(pack, [0.0, 0.0, 0.0])
+        row[0] += meta.get(f"bpf.{prog}.run_ns", 0) / dur / 1e6
+        row[1] += runs / dur
+        if "_enter" in prog and pack == "llama_cpp":  # one uprobe trap per call (the return: a uretprobe)
+            row[2] += runs / dur
+    if not by_pack:
+        print("where it goes: no BPF run statistics (kernel.bpf_stats_enabled could not be set)")
+        return
+    total = sum(r[0] for r in by_pack.values())
+    print(f"where it goes (one more {seconds:.0f}s recording, bpf_stats on, which adds ~20-40 ns per probe run):")
+    for pack, (ms, runs, calls) in sorted(by_pack.items(), key=lambda kv: -kv[1][0]):
+        extra = f", {calls:,.0f} uprobe+uretprobe calls/s" if calls else ""
+        print(f"  {pack:12s} BPF {ms:6.2f} ms/s  ({runs:,.0f} program runs/s{extra})")
+    print(f"  BPF total {total:.2f} ms/s; recorder process {1000 * cpu:.1f} ms/s of CPU; the host has "
+          f"{1000 * os.cpu_count():.0f} ms/s")
 
 
 def _baseline_model(info, tmp: Path, concurrency: int, packs: str | None) -> Path:
