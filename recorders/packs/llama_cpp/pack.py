@@ -21,11 +21,11 @@ common_token_to_piece take 1-2 us and were 60% of the stage records. The metadat
 from __future__ import annotations
 
 import ctypes as ct
+import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Sequence
 from pathlib import Path
-
-import numpy as np
 
 from ...target import TargetProcess
 from ..base import AttachReport, ProbePack, Uprobe, attach_uprobe
@@ -52,8 +52,8 @@ DECODE = Uprobe("llama_decode", "libllama", ("llama_decode",), entry="llama_deco
                 ret="llama_decode_return", reads=("sp",))
 
 
-STAGE_RECORD = np.dtype([  # the head of struct llama_event that a stage record fills (72 bytes in all)
-    ("ts_start", "<u8"), ("ts_end", "<u8"), ("tid", "<u4"), ("kind", "<u4"), ("_rest", "V48")])
+# a stage record: the head of struct llama_event it fills (ts_start, ts_end, tid, kind), 72 bytes in all
+STAGE_HEAD = struct.Struct("=QQII48x")
 
 
 class LlamaEvent(ct.Structure):
@@ -66,10 +66,10 @@ class LlamaEvent(ct.Structure):
     ]
 
 
-assert STAGE_RECORD.itemsize == ct.sizeof(LlamaEvent)
+assert STAGE_HEAD.size == ct.sizeof(LlamaEvent)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Stage:
     ts: int
     dur: int
@@ -77,7 +77,7 @@ class _Stage:
     category: str = "stage"
     args: dict | None = None
     end_args: dict | None = None
-    flow_ids: list[int] = field(default_factory=list)
+    flow_ids: Sequence[int] = ()
 
 
 def write_nested(writer, track: int, slices: list[_Stage]) -> None:
@@ -184,27 +184,31 @@ class LlamaCppPack(ProbePack):
     def _on_record(self, _cpu, data, _size) -> None:
         """On the engine's live thread: copy the record, show a batch to the live observers
         (the online detector) at once, and leave the writing to the polling thread."""
-        ev = LlamaEvent.from_buffer_copy(ct.string_at(data, ct.sizeof(LlamaEvent)))
+        ev = LlamaEvent()
+        ct.memmove(ct.addressof(ev), data, ct.sizeof(LlamaEvent))
+        if ev.kind != BATCH_KIND:
+            self._ctx.defer(self._on_stage, ev.ts_start, ev.ts_end, ev.tid, ev.kind)
+            return
+        self.batches += 1
         seen = None
-        if ev.kind == BATCH_KIND:
-            self.batches += 1
-            seen = self._batch_args(ev, self.batches)
-            seen.update(tid=ev.tid, ts_start=ev.ts_start, ts_end=ev.ts_end)
+        if self._ctx.live_observers:  # (with none, the writing thread builds it)
+            seen = self._seen(ev, self.batches)
             for observe in self._ctx.live_observers:
                 observe(seen)
-        self._ctx.defer(self._on_event, ev, seen)
+        self._ctx.defer(self._write_batch, ev, self.batches, seen)
+
+    @classmethod
+    def _seen(cls, ev: LlamaEvent, batch_id: int, args: dict | None = None) -> dict:
+        """A batch as observers get it: its attributes, tid, ts_start and ts_end."""
+        return dict(args or cls._batch_args(ev, batch_id), tid=ev.tid, ts_start=ev.ts_start, ts_end=ev.ts_end)
 
     def _drain_stages(self, reader) -> None:
         """On the engine's polling thread, every stage record since the last drain at once. The
         engine runs a batch's deferred writing only after a drain that began after the batch
         arrived, so every stage inside it (submitted before the batch's record, by the same
         thread) is already pending then."""
-        raw = reader.drain_fixed(STAGE_RECORD.itemsize)
-        if not raw:
-            return
-        ev = np.frombuffer(raw, STAGE_RECORD)
-        for ts_start, ts_end, tid, kind in zip(ev["ts_start"].tolist(), ev["ts_end"].tolist(),
-                                               ev["tid"].tolist(), ev["kind"].tolist()):
+        # struct.iter_unpack: a few records per drain, where numpy's fixed cost per call dominates
+        for ts_start, ts_end, tid, kind in STAGE_HEAD.iter_unpack(reader.drain_fixed(STAGE_HEAD.size)):
             self._on_stage(ts_start, ts_end, tid, kind)
 
     @staticmethod
@@ -220,12 +224,6 @@ class LlamaCppPack(ProbePack):
             args["truncated_tokens"] = ev.truncated
         return args
 
-    def _on_event(self, ev: LlamaEvent, seen: dict | None) -> None:
-        if ev.kind == BATCH_KIND:
-            self._write_batch(ev, seen)
-        else:
-            self._on_stage(ev.ts_start, ev.ts_end, ev.tid, ev.kind)
-
     def _on_stage(self, ts_start: int, ts_end: int, tid: int, kind: int) -> None:
         name = STAGES.get(kind, (f"stage{kind}",))[0]
         self.stage_counts[name] = self.stage_counts.get(name, 0) + 1
@@ -237,14 +235,17 @@ class LlamaCppPack(ProbePack):
         # until that batch arrives so the track's events stay in time order.
         self._pending.setdefault(tid, []).append(_Stage(ts_start, ts_end - ts_start, name))
 
-    def _write_batch(self, ev: LlamaEvent, seen: dict) -> None:
+    def _write_batch(self, ev: LlamaEvent, batch_id: int, seen: dict | None) -> None:
         ctx = self._ctx
         w = ctx.writer
         track = ctx.thread_track(ev.tid)
         self._decode_tids.add(ev.tid)
         self._flush_stages(ev.tid, upto=ev.ts_start)  # stages that ended before this batch began
-        args = self._batch_args(ev, seen["batch_id"])
-        flows = [f for observe in ctx.batch_observers for f in (observe(seen) or ())]
+        args = self._batch_args(ev, batch_id)
+        flows = []
+        if ctx.batch_observers:
+            seen = seen or self._seen(ev, batch_id, args)
+            flows = [f for observe in ctx.batch_observers for f in (observe(seen) or ())]
         pending = self._pending.get(ev.tid, [])
         inside, rest = [], []
         for s in pending:
