@@ -604,7 +604,9 @@ class WorkloadModel:
         """The feature vector (model order) of one batch given as a mapping, with plain floats (no pandas)."""
         return self._row(batch)[0]
 
-    def _row(self, batch) -> tuple[np.ndarray, tuple]:
+    def _row_values(self, batch) -> tuple[dict, tuple, float, float]:
+        """One batch's feature values (by name), its ubatch sizes, kv_tokens and prefill tokens,
+        as plain floats (no numpy: on the online path each numpy call costs microseconds)."""
         self._check()
         get = batch.get if hasattr(batch, "get") else (lambda k, d=None: getattr(batch, k, d))
         d: dict = {}
@@ -634,29 +636,50 @@ class WorkloadModel:
                 d[name] = float("nan") if v is None else float(v)
             else:
                 d[name] = float(DERIVED[name][1](d))
-        row = np.array([[d[f] for f in self.features_]], dtype=np.float64)
         ub = _ubatch_sizes_cached(*(d.get(c) if c in self.columns_ else None for c in UBATCH_INPUTS),
                                   n_ubatch=self.n_ubatch)
-        U = np.array([ub if ub else (0.0,)], dtype=np.float64)
         kv0 = d.get("kv_tokens", 0.0)
-        kv0 = kv0 if kv0 == kv0 else 0.0   # NaN -> 0 (plain floats: np.nan_to_num costs ~10 us per call here)
+        kv0 = kv0 if kv0 == kv0 else 0.0   # NaN -> 0
         pf0 = d.get("n_prefill_tokens", 0.0)
         pf0 = pf0 if pf0 == pf0 else 0.0
+        return d, ub, kv0, pf0
+
+    def _row(self, batch) -> tuple[np.ndarray, tuple]:
+        d, ub, kv0, pf0 = self._row_values(batch)
+        row = np.array([[d[f] for f in self.features_]], dtype=np.float64)
+        U = np.array([ub if ub else (0.0,)], dtype=np.float64)
         return row, (U, np.array([kv0]), np.array([pf0 * kv0]))
 
     def predict_one(self, batch) -> float:
         """Expected dur (ns) of one batch given as a mapping (dict, Series, namedtuple); no pandas.
 
-        Equal to ``predict`` on the same row. With the history feature the
-        mapping carries ``prev_n_tokens`` (the OnlineDetector adds it).
+        Equal to ``predict`` on the same row (the same float operations in the same order, on
+        Python floats instead of one-row arrays). With the history feature the mapping carries
+        ``prev_n_tokens`` (the OnlineDetector adds it).
         """
-        row, Z = self._row(batch)
+        d, ub, kv0, pf0 = self._row_values(batch)
+        row = np.array([[d[f] for f in self.features_]], dtype=np.float64)
         fast = _fast_predictor(self.booster_, row.shape[-1])
-        raw = fast(row) if fast is not None else self.booster_.predict(row, num_threads=1)
-        raw = raw * self._tree_weight(self.support_, row)
-        base = self._base(self.base_coef_, Z)
-        out = np.exp(raw + np.log(base)) if self.log_target else np.maximum(raw + base, 1.0)
-        return float(out[0])
+        raw = float((fast(row) if fast is not None else self.booster_.predict(row, num_threads=1))[0])
+        if self.min_support and "n_tokens" in self.features_:   # _tree_weight (shape_keys) for one row
+            p = d["phase"] if "phase" in self.features_ else 0.0
+            key = f"{int(p) if p == p else -1}:{_shape_bin(d['n_tokens'])}"
+            raw = raw * min(1.0, self.support_.get(key, 0) / self.min_support)
+        fixed, floor, per_token, one, per_ctx, pre_ctx = self._base_coef_floats()
+        acc = 0.0                                   # _base for one row
+        for u in (ub if ub else (0.0,)):
+            u = float(u)
+            acc = acc + (one if u == 1 else (fixed + max(floor, per_token * u) if u > 0 else 0.0))
+        base = max(acc + per_ctx * kv0 + pre_ctx * (pf0 * kv0), 1.0)
+        if self.log_target:
+            return float(np.exp(np.float64(raw) + np.log(np.float64(base))))
+        return float(max(raw + base, 1.0))
+
+    def _base_coef_floats(self) -> tuple[float, ...]:
+        cached = getattr(self, "_base_coef_cache", None)
+        if cached is None or cached[0] is not self.base_coef_:
+            cached = self._base_coef_cache = (self.base_coef_, tuple(float(t) for t in self.base_coef_))
+        return cached[1]
 
     # -- evaluation ------------------------------------------------------------------
     def evaluate(self, batches, by: str | None = "group") -> pd.DataFrame:
