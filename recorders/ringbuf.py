@@ -3,7 +3,7 @@
 BCC calls a Python function per record (libbpf -> ctypes -> BCC's wrapper: ~2.4 us
 before a pack's code runs). A pack with many small fixed-size records instead drains
 its buffer through a reader (RecordingContext.open_bulk_buffer) and decodes the whole
-drain at once with numpy:
+drain at once, e.g. with numpy, or in C as the sched pack does (encode_sched_events):
 
     raw = reader.drain_fixed(EVENT.itemsize)     # payloads back to back
     events = np.frombuffer(raw, EVENT)

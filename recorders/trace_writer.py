@@ -338,6 +338,30 @@ class TraceWriter:
             self._write_event(start, tracks[i], TYPE_SLICE_BEGIN, names[i], category, row_args)
             self._write_event(start + max(durs[i], 0), tracks[i], TYPE_SLICE_END, None, None)
 
+    # -- packets encoded elsewhere (recorders/_encode.c: encode_sched_events) ----
+    def intern(self, names: Sequence[str] = (), categories: Sequence[str] = (),
+               annotation_names: Sequence[str] = ()) -> tuple[list[int], list[int], list[int]]:
+        """The iids of these event names, categories and annotation names, for packets encoded
+        outside the writer (write_encoded). Those new to the tables are written at once, in a
+        packet of their own, so any packet written after this call may use them."""
+        with self._lock:
+            pkt = TracePacket()
+            iids = ([self._intern(self._names, s, pkt, "event_names") for s in names],
+                    [self._intern(self._cats, s, pkt, "event_categories") for s in categories],
+                    [self._intern(self._ann, s, pkt, "debug_annotation_names") for s in annotation_names])
+            if pkt.HasField("interned_data"):
+                self._emit(pkt)
+            return iids
+
+    def write_encoded(self, data: bytes, packets: int) -> None:
+        """Append `packets` framed TracePackets encoded elsewhere: on SEQUENCE_ID with
+        SEQ_NEEDS_INCREMENTAL_STATE, their iids from intern()."""
+        if not data:
+            return
+        with self._lock:
+            self._f.write(data)
+            self._written(packets)
+
     def instant(self, track_uuid: int, ts: int, name: str, category: str, args: Args | None = None,
                 flow_ids: Iterable[int] = ()) -> None:
         with self._lock:

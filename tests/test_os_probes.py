@@ -466,29 +466,41 @@ def test_sched_pack_on_thread_churn(bpf_ok, tmp_path, min_offcpu_us):
         assert (others["dur"] < min_offcpu_us * 1000).any(), "short preemptions by another process must be kept"
 
 
-def test_sched_bulk_write_matches_record_by_record(tmp_path):
-    """The sched pack's bulk path (numpy view of a drain, one TraceWriter.slices call) writes
-    the slices its former per-record callback wrote: same tracks, names and args."""
+@pytest.mark.parametrize("native", [True, False], ids=["encode_sched_events", "struct"])
+def test_sched_bulk_write_matches_record_by_record(tmp_path, monkeypatch, native):
+    """The sched pack's bulk path (a drain's raw records, encoded in one C call; without the
+    extension, struct + TraceWriter.slice) writes the slices its former per-record callback
+    wrote: same tracks, names and args, by_comm decoded alike (non-ASCII, invalid UTF-8)."""
     from types import SimpleNamespace
 
+    import recorders.packs.sched.pack as sched_pack
     from prismkit.trace import load_trace
     from recorders.engine import RecordingContext
     from recorders.packs.sched.pack import SCHED_EVENT, SchedPack, _comm
     from recorders.trace_writer import TraceWriter
 
+    if native:
+        assert sched_pack.encode_sched_events is not None, "recorders._encode is not built (scripts/setup.sh)"
+    else:
+        monkeypatch.setattr(sched_pack, "encode_sched_events", None)
     rng = np.random.default_rng(3)
-    n = 300
-    ev = np.zeros(n, SCHED_EVENT)
+    n = 400
+    ev = np.zeros(n, np.dtype([("ts_off", "<u8"), ("ts_on", "<u8"), ("runq_ns", "<u8"), ("tid", "<u4"),
+                               ("by_pid", "<u4"), ("cpu", "<u4"), ("reason", "<u4"), ("by_comm", "V16")]))
+    assert ev.itemsize == SCHED_EVENT.size
     ev["ts_off"] = 10**12 + np.arange(n) * 100_000
     ev["ts_on"] = ev["ts_off"] + rng.integers(0, 90_000, n)
     ev["ts_on"][5] = ev["ts_off"][5] - 10  # clocks of two CPUs: written with duration 0
     ev["runq_ns"] = rng.integers(0, 2**40, n)
     ev["tid"] = rng.choice([4003, 4001, 4002, 4007], n)
+    ev["tid"][300:] = 5000 + np.arange(100) % 40  # more threads than encode_sched_events caches
     ev["by_pid"] = rng.choice([0, 17, 2**32 - 1], n)
     ev["cpu"] = rng.integers(0, 8, n)
     ev["reason"] = rng.choice([1, 2, 2, 0, 9], n)
-    comms = [b"swapper/0", b"llama-server", b"k\xffworker", b"x" * 16, b"ab\0garbage"]
-    ev["by_comm"] = [np.void(c.ljust(16, b"\0")) for c in rng.choice(comms, n)]
+    comms = [b"swapper/0", b"llama-server", b"k\xffworker", b"x" * 16, b"ab\0garbage", b"",
+             "été".encode(), "é".encode() * 8,      # valid UTF-8, the second without a NUL
+             b"abc\xe2\x82", b"\xed\xa0\x80x", b"\xf0\x9f\x98\x80\xc0\xafz"]  # truncated, surrogate, overlong
+    ev["by_comm"] = [np.void(c.ljust(16, b"\0")) for c in rng.choice(np.array(comms, dtype=object), n)]
 
     def recorded(name: str, write) -> tuple:
         writer = TraceWriter(tmp_path / name)
@@ -509,8 +521,8 @@ def test_sched_bulk_write_matches_record_by_record(tmp_path):
                                    {"by_pid": by_pid, "by_comm": _comm(by_comm), "runq_wait_ns": runq, "cpu": cpu})
 
     def in_drains(pack) -> None:
-        for part in np.array_split(ev, [1, 60, 61, 200]):
-            pack._write_events(np.frombuffer(part.tobytes(), SCHED_EVENT))
+        for part in np.array_split(ev, [1, 60, 61, 200, 320]):
+            pack._write_events(part.tobytes())
 
     ref, ref_pack = recorded("one_by_one.pftrace", one_by_one)
     got, got_pack = recorded("bulk.pftrace", in_drains)
@@ -521,6 +533,6 @@ def test_sched_bulk_write_matches_record_by_record(tmp_path):
     b = got[cols].sort_values(key).reset_index(drop=True)
     assert a.equals(b), (a.compare(b) if a.shape == b.shape else (a.shape, b.shape))
     assert set(got["reason"]) == {"preempted", "blocked", "off_cpu"}
-    assert "k\ufffdworker" in set(got["by_comm"]) and "ab" in set(got["by_comm"])
+    assert {"k\ufffdworker", "ab", "", "été", "é" * 8, "abc\ufffd"} <= set(got["by_comm"])
     assert got_pack.events == ref_pack.events == n
     assert got_pack.by_reason == ref_pack.by_reason

@@ -24,15 +24,20 @@ per-thread totals and the per-preemptor totals.
 from __future__ import annotations
 
 import os
+import struct
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ...ringbuf import RingReader
 from ...target import TargetProcess
+from ...trace_writer import SEQ_NEEDS_INCREMENTAL_STATE, SEQUENCE_ID
 from ..base import AttachReport, ProbePack, map_items
 from .tracefs import tracepoint_exists, tracepoint_struct
+
+try:  # a drain decoded and encoded in one C call (recorders/_encode.c)
+    from ..._encode import encode_sched_events
+except ImportError:  # pragma: no cover - built by setup.sh; record by record through TraceWriter.slice
+    encode_sched_events = None
 
 PREEMPTED, BLOCKED = 1, 2
 REASON_NAMES = ("off_cpu", "preempted", "blocked")  # by reason; other values: off_cpu
@@ -54,10 +59,9 @@ _COUNTERS = (("oncpu_ns", "sched.oncpu_ns", "ns"), ("preempted_ns", "sched.preem
              ("nivcsw", "sched.nivcsw", "switches"))
 
 
-SCHED_EVENT = np.dtype([  # struct sched_event (sched.bpf.c)
-    ("ts_off", "<u8"), ("ts_on", "<u8"), ("runq_ns", "<u8"), ("tid", "<u4"), ("by_pid", "<u4"),
-    ("cpu", "<u4"), ("reason", "<u4"), ("by_comm", "V16")])
-assert SCHED_EVENT.itemsize == 56
+SCHED_EVENT = struct.Struct("<QQQIIII16s")  # struct sched_event (sched.bpf.c): ts_off, ts_on, runq_ns,
+assert SCHED_EVENT.size == 56                 # tid, by_pid, cpu, reason, by_comm
+_SLICE_ARGS = ("by_pid", "by_comm", "runq_wait_ns", "cpu")  # in encode_sched_events' order
 
 
 def _prog_misses(bpf, fn: str) -> int | None:
@@ -103,6 +107,7 @@ class SchedPack(ProbePack):
         self._last_preemptors = 0
         self._comms: dict[bytes, str] = {}
         self._skipped = 0                    # records of another size than struct sched_event
+        self._encode_args: tuple | None = None  # encode_sched_events(raw, tracks, *these): iids, sequence
 
     # -- setup ---------------------------------------------------------------
     def bpf_text(self, target: TargetProcess, options: dict) -> str:
@@ -170,51 +175,44 @@ class SchedPack(ProbePack):
         return uuid
 
     def _drain(self, reader: RingReader) -> None:
-        raw = reader.drain_fixed(SCHED_EVENT.itemsize)
+        raw = reader.drain_fixed(SCHED_EVENT.size)
         self._skipped = reader.skipped
         if raw:
-            self._write_events(np.frombuffer(raw, SCHED_EVENT))
+            self._write_events(raw)
 
-    def _write_events(self, ev: np.ndarray) -> None:
-        """One slice per record (the hottest path of the recorder: a thousand or more records
-        a second on a busy host), written with one call to the writer."""
-        reason = ev["reason"]
-        self._count_reasons(reason)
-        names = np.where(reason < len(REASON_NAMES), reason, 0)
-        ts_off = ev["ts_off"]
-        dur = ev["ts_on"].astype(np.int64) - ts_off.astype(np.int64)
-        args = {"by_pid": ev["by_pid"], "by_comm": self._comm_column(ev["by_comm"]),
-                "runq_wait_ns": ev["runq_ns"], "cpu": ev["cpu"]}
-        self._ctx.writer.slices(self._tracks(ev["tid"]), ts_off, dur, (names, REASON_NAMES), "sched", args)
+    def _write_events(self, raw: bytes) -> None:
+        """One slice per record of a drain (the hottest path of the recorder: a thousand or
+        more records a second on a busy host): decoded and encoded in one C call."""
+        if encode_sched_events is None:
+            self._write_events_one_by_one(raw)
+            return
+        writer = self._ctx.writer
+        if self._encode_args is None:
+            names, (category,), args = writer.intern(REASON_NAMES, ("sched",), _SLICE_ARGS)
+            self._encode_args = (tuple(names), category, tuple(args), SEQUENCE_ID, SEQ_NEEDS_INCREMENTAL_STATE)
+        out = encode_sched_events(raw, self._sched_tracks, *self._encode_args)
+        if isinstance(out, list):  # threads without a track yet: nothing was written
+            for tid in out:
+                self._track(tid)
+            out = encode_sched_events(raw, self._sched_tracks, *self._encode_args)
+        data, counts = out
+        writer.write_encoded(data, 2 * (len(raw) // SCHED_EVENT.size))
+        self.events += len(raw) // SCHED_EVENT.size
+        for reason, count in counts.items():
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + count
 
-    def _count_reasons(self, reason: np.ndarray) -> None:
-        self.events += len(reason)
-        counted = 0
-        for value in (PREEMPTED, BLOCKED):
-            count = int(np.count_nonzero(reason == value))
-            self.by_reason[value] += count
-            counted += count
-        if counted < len(reason):  # not written by sched.bpf.c: counted all the same
-            for value, count in zip(*np.unique(reason, return_counts=True)):
-                if value not in (PREEMPTED, BLOCKED):
-                    self.by_reason[int(value)] = self.by_reason.get(int(value), 0) + int(count)
-
-    def _tracks(self, tids: np.ndarray) -> np.ndarray:
-        """Each record's track uuid (a drain holds a few distinct threads)."""
-        distinct, inverse = np.unique(tids, return_inverse=True)
-        return np.array([self._sched_tracks.get(t) or self._track(t) for t in distinct.tolist()],
-                        dtype=np.uint64)[inverse]
-
-    def _comm_column(self, raw: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        """by_comm as (indices, strings), decoded once per distinct comm."""
-        distinct, inverse = np.unique(raw, return_inverse=True)
-        strings = []
-        for comm in distinct.tolist():
-            text = self._comms.get(comm)
-            if text is None:
-                text = self._comms[comm] = _comm(comm)
-            strings.append(text)
-        return inverse, strings
+    def _write_events_one_by_one(self, raw: bytes) -> None:
+        """_write_events without the extension: a TraceWriter.slice call per record."""
+        slice_ = self._ctx.writer.slice
+        for ts_off, ts_on, runq_ns, tid, by_pid, cpu, reason, by_comm in SCHED_EVENT.iter_unpack(raw):
+            self.events += 1
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+            comm = self._comms.get(by_comm)
+            if comm is None:
+                comm = self._comms[by_comm] = _comm(by_comm)
+            slice_(self._sched_tracks.get(tid) or self._track(tid), ts_off, ts_on - ts_off,
+                   REASON_NAMES[reason] if reason < len(REASON_NAMES) else "off_cpu", "sched",
+                   {"by_pid": by_pid, "by_comm": comm, "runq_wait_ns": runq_ns, "cpu": cpu})
 
     # -- counters ------------------------------------------------------------
     def _counter(self, name: str, unit: str, parent: int | None, ts: int, value: int) -> None:
