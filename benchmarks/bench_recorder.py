@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import tempfile
 import time
@@ -55,7 +56,7 @@ def _packs(names: str | None):
 
 
 def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int, packs: str | None = None,
-             watch: bool = False) -> None:
+             watch: bool = False, extra: tuple[str, ...] = ()) -> None:
     srv = LlamaServer(model=model, port=port, name="bench-overhead", n_parallel=concurrency)
     info = srv.start()
     try:
@@ -63,7 +64,7 @@ def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int
         ratios, cpus = [], []
         what = "prism watch (recorder + online detector + JSONL alerts)" if watch else "prism record"
         print(f"overhead of {what}: model {model}, closed loop c={concurrency}, {seconds:.0f}s per run, "
-              f"{pairs} A/B pairs, packs: {packs or 'all default'}")
+              f"{pairs} A/B pairs, packs: {packs or 'all default'}" + (f", options: {' '.join(extra)}" if extra else ""))
         with tempfile.TemporaryDirectory() as tmp:
             watch_model = _baseline_model(info, Path(tmp), concurrency, packs) if watch else None
             for i in range(pairs):
@@ -71,7 +72,7 @@ def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int
                 if i % 2 == 0:
                     a = throughput(info.url, seconds, concurrency, seed=2 * i)
                 out = Path(tmp) / f"b{i}.pftrace"
-                rec = _start_record(info.pid, out, packs, watch_model)
+                rec = _start_record(info.pid, out, packs, watch_model, extra)
                 cpu0 = _cpu_s(rec.pid)
                 b = throughput(info.url, seconds, concurrency, seed=2 * i)
                 cpu = (_cpu_s(rec.pid) - cpu0) / seconds
@@ -93,7 +94,7 @@ def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int
                   f"{100 * (1 - med):+.2f}% (goal: under 1%); recorder process {statistics.median(cpus):.3f} CPU "
                   f"(median)")
             if not watch:
-                _where_it_goes(info, Path(tmp), seconds, concurrency, packs)
+                _where_it_goes(info, Path(tmp), seconds, concurrency, packs, extra)
     finally:
         srv.stop()
 
@@ -107,14 +108,15 @@ def _median_interval(ratios: list[float], n: int = 5000, seed: int = 0) -> tuple
     return float(np.quantile(meds, 0.025)), float(np.quantile(meds, 0.975))
 
 
-def _where_it_goes(info, tmp: Path, seconds: float, concurrency: int, packs: str | None) -> None:
+def _where_it_goes(info, tmp: Path, seconds: float, concurrency: int, packs: str | None,
+                   extra: tuple[str, ...] = ()) -> None:
     """One recording with kernel.bpf_stats_enabled=1: the probes' own time per pack."""
     from prismkit.trace import load_trace
 
     old = _set_bpf_stats(True)
     try:
         out = tmp / "stats.pftrace"
-        rec = _start_record(info.pid, out, packs)
+        rec = _start_record(info.pid, out, packs, None, extra)
         cpu0 = _cpu_s(rec.pid)
         throughput(info.url, seconds, concurrency, seed=7)
         cpu = (_cpu_s(rec.pid) - cpu0) / seconds
@@ -165,7 +167,8 @@ def _baseline_model(info, tmp: Path, concurrency: int, packs: str | None) -> Pat
     return path
 
 
-def _start_record(pid: int, out: Path, packs: str | None, watch_model: Path | None = None) -> subprocess.Popen:
+def _start_record(pid: int, out: Path, packs: str | None, watch_model: Path | None = None,
+                  extra: tuple[str, ...] = ()) -> subprocess.Popen:
     """`prism record` (or `prism watch --model`) in a process of its own; returns once it is
     attached (its trace has begun)."""
     cmd = [sys.executable, "-m", "prismkit.cli", "record", "--pid", str(pid), "-o", str(out), "--quiet"]
@@ -174,6 +177,7 @@ def _start_record(pid: int, out: Path, packs: str | None, watch_model: Path | No
                "--model", str(watch_model), "--alerts-jsonl", str(out.with_suffix(".alerts.jsonl"))]
     elif packs:
         cmd += ["--packs", packs]
+    cmd += list(extra)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 60:  # attached once the metadata packet is in the file
@@ -241,6 +245,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--port", type=int, default=8391)
     ap.add_argument("--packs", default=None, help="comma-separated pack names to record with (default: all)")
+    ap.add_argument("--record-args", default="", metavar="ARGS",
+                    help="more options for prism record / prism watch, e.g. '--poll-ms 200'")
     ap.add_argument("--no-event-rate", action="store_true")
     ap.add_argument("--watch", action="store_true",
                     help="measure `prism watch` (recorder + online detector) instead of `prism record`")
@@ -258,7 +264,8 @@ def main() -> None:
 
 
 def _run(args) -> None:
-    overhead(args.model, args.pairs, args.seconds, args.concurrency, args.port, args.packs, args.watch)
+    overhead(args.model, args.pairs, args.seconds, args.concurrency, args.port, args.packs, args.watch,
+             tuple(shlex.split(args.record_args)))
     if not args.no_event_rate:
         event_rate(min(args.seconds, 10.0), args.port + 1)
 

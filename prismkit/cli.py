@@ -159,7 +159,8 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=None, help="seconds to record (default: until Ctrl-C or the target exits)")
     p.add_argument("-o", "--output", type=Path, default=Path("out/trace.pftrace"))
     p.add_argument("--ringbuf-pages", type=int, default=256, help="ring buffer size per pack, in pages (power of two)")
-    p.add_argument("--poll-ms", type=int, default=50, help="how often the ring buffers are drained")
+    p.add_argument("--poll-ms", type=int, default=200,
+                   help="how often the ring buffers are drained (at the first batch end after it)")
     p.add_argument("--sample-ms", type=int, default=200, help="period of the CPU/memory/pressure counters")
     p.add_argument("--min-offcpu-us", type=int, default=50,
                    help="off-CPU intervals shorter than this are counted, not written one by one "
@@ -331,7 +332,8 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
                    help="when the target exits, re-attach to the next process listening on this port")
     p.add_argument("--follow-cmd", default=None, metavar="REGEX",
                    help="when the target exits, re-attach to the newest process whose command line matches REGEX")
-    p.add_argument("--poll-ms", type=int, default=50, help="how often the ring buffers are drained")
+    p.add_argument("--poll-ms", type=int, default=200,
+                   help="how often the ring buffers are drained (at the first batch end after it)")
     p.add_argument("--no-causes", action="store_true", help="do not run cause analysis on an alert")
     p.add_argument("--rca", action="store_true",
                    help="add prismkit.rootcause's ranked causes to each alert (reloads the growing trace, off the alert path)")

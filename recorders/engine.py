@@ -239,7 +239,7 @@ class RecordingSummary:
 class Recorder:
     def __init__(self, pid: int, output: str | os.PathLike, duration_s: float | None = None,
                  packs: list[ProbePack] | None = None, sample_interval_s: float = 0.2,
-                 ringbuf_pages: int = 256, poll_interval_ms: int = 50, capture_paths: bool = False,
+                 ringbuf_pages: int = 256, poll_interval_ms: int = 200, capture_paths: bool = False,
                  min_offcpu_us: int = 50, min_preempt_us: int = 20, min_stage_us: int = 10,
                  time_all_syscalls: bool = False,
                  rt_priority: int | None = None,
@@ -258,7 +258,7 @@ class Recorder:
         # (see the llama_cpp pack). time_all_syscalls: the syscalls pack times futex calls too (see its docstring)
         self.options = {"ringbuf_pages": ringbuf_pages, "capture_paths": capture_paths,
                         "min_offcpu_us": min_offcpu_us, "min_preempt_us": min_preempt_us,
-                        "min_stage_us": min_stage_us}
+                        "min_stage_us": min_stage_us, "poll_interval_ms": poll_interval_ms}
         if time_all_syscalls:
             self.options["untimed_syscalls"] = ()
         self.poll_interval_ms = poll_interval_ms

@@ -54,7 +54,7 @@ class WatchConfig:
     n_estimators: int = 150
     max_fit_batches: int = 4000                     # warm-up batches (evenly spaced) the baseline is fitted on
     nice: int | None = None                         # autogroup nice of the watcher itself (alert path under load)
-    poll_ms: int = 50
+    poll_ms: int = 200                              # trace writing; each batch reaches the detector at once
     sample_ms: int = 200
     causes: bool = True
     rca: bool = False                               # also prismkit.rootcause on the growing trace (enrichment thread)

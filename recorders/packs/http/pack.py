@@ -66,7 +66,7 @@ from .flows import BatchLog, batch_flow_ids, link_request
 ACCEPT, READ, WRITE, CLOSE, SHUTDOWN, EOF = 1, 2, 3, 4, 5, 6
 CONTROL_MAX = 32  # writes this small are chunked-encoding framing or `data: [DONE]`, not chunks
 PATH_LEN = 64
-HOLD_NS = 300_000_000  # keep finished requests this long so the batches that served them arrive first
+HOLD_NS = 300_000_000  # keep finished requests this long (at least 3 drains) so the batches that served them arrive first
 
 # (tracepoint, BPF program): entry probes filter on the tracked fds, exit probes finish the call.
 ENTER = (
@@ -180,6 +180,7 @@ class HttpPack(ProbePack):
     buffers = {"http_events": "http_lost"}
 
     def __init__(self) -> None:
+        self._hold_ns = HOLD_NS
         self.events = 0
         self.requests = 0
         self.chunks = 0
@@ -205,6 +206,7 @@ class HttpPack(ProbePack):
 
     def bpf_text(self, target: TargetProcess, options: dict) -> str:
         self._capture_paths = bool(options.get("capture_paths"))
+        self._hold_ns = max(HOLD_NS, 3 * int(options.get("poll_interval_ms", 0)) * 1_000_000)
         ports = sorted({s.local_port for s in self._listen})
         head = []
         if self._capture_paths:
@@ -322,7 +324,7 @@ class HttpPack(ProbePack):
 
     # -- output --------------------------------------------------------------
     def sample(self, ctx, now_ns: int) -> None:
-        self._flush(now_ns - HOLD_NS)
+        self._flush(now_ns - self._hold_ns)
 
     def _flush(self, upto: int | None) -> None:
         ready = [r for r in self._done if upto is None or r.ts_end <= upto]
@@ -334,7 +336,7 @@ class HttpPack(ProbePack):
         if upto is not None:
             keep = min([r.ts_arrival for r in self._done] + [c.request.ts_arrival for c in self._conns.values()
                                                              if c.request is not None] + [upto])
-            self._batches.forget_before(keep - 10 * HOLD_NS)
+            self._batches.forget_before(keep - 10 * self._hold_ns)
             if self._batches.batches:
                 oldest = self._batches.batches[0].batch_id
                 self._claimed = {k: v for k, v in self._claimed.items() if k >= oldest}

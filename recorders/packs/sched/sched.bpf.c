@@ -81,19 +81,18 @@ struct sched_wake {
 };
 BPF_ARRAY(sched_wake_state, struct sched_wake, 1);
 
-// Wake the consumer at most every SCHED_WAKEUP_NS, or when about a quarter of
-// the buffer is waiting: a wakeup per record would make the recorder itself
-// preempt the target's threads once per record, each preemption producing the
-// next record (measured: a self-sustaining 30k records/s loop on a 2-CPU
-// host). The engine also drains every buffer each poll interval (50 ms).
-#define SCHED_WAKEUP_NS 250000000ULL
+// Wake the consumer only when about a quarter of the buffer is waiting: a wakeup per
+// record would make the recorder itself preempt the target's threads once per record,
+// each preemption producing the next record (measured: a self-sustaining 30k records/s
+// loop on a 2-CPU host). Otherwise the engine drains every buffer at the first batch end
+// after each poll interval (or on its timer when the server is idle).
 #define SCHED_WAKEUP_RECORDS ((u64)RINGBUF_PAGES * 4096 / 4 / (sizeof(struct sched_event) + 8))
 static __always_inline u64 sched_submit_flags(u64 now) {
     int z = 0;
     struct sched_wake *w = sched_wake_state.lookup(&z);
     if (!w) return 0;
     w->pending += 1;
-    if (now - w->last >= SCHED_WAKEUP_NS || w->pending >= SCHED_WAKEUP_RECORDS) {
+    if (w->pending >= SCHED_WAKEUP_RECORDS) {
         w->last = now;
         w->pending = 0;
         return BPF_RB_FORCE_WAKEUP;
