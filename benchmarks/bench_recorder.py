@@ -45,14 +45,13 @@ def throughput(url: str, seconds: float, concurrency: int, seed: int) -> float:
 
 
 def _packs(names: str | None):
-    """The default packs, or only those named (e.g. 'llama_cpp,http')."""
-    from recorders.packs import default_packs
+    """The default packs, or only those named (e.g. 'llama_cpp,http,syscalls')."""
+    from recorders.packs import all_packs, default_packs
 
-    packs = default_packs()
-    if names:
-        wanted = set(names.split(","))
-        packs = [p for p in packs if p.name in wanted]
-    return packs
+    if not names:
+        return default_packs()
+    wanted = set(names.split(","))
+    return [p for p in all_packs() if p.name in wanted]
 
 
 def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int, packs: str | None = None,

@@ -171,8 +171,12 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-stage-us", type=int, default=10,
                    help="engine stage calls (sampling, detokenizing...) shorter than this are counted and timed, "
                         "not written one by one; 0 writes all")
+    p.add_argument("--syscalls", action="store_true",
+                   help="also the syscalls pack: count and time of every system call of the server (off by "
+                        "default: its probes run on every syscall of the host, ~1.5%% of the demo's throughput)")
     p.add_argument("--time-all-syscalls", action="store_true",
-                   help="time futex calls too (default: counted only; ~280 ns each on the server's thread pool)")
+                   help="with --syscalls: time futex calls too (default: counted only; ~280 ns each on the "
+                        "server's thread pool)")
     p.add_argument("--capture-paths", action="store_true",
                    help="also record each request's HTTP path (off by default: sizes and timings only)")
     p.add_argument("--packs", default=None, metavar="NAMES",
@@ -214,17 +218,19 @@ def _cmd_record(args: argparse.Namespace) -> int:
     pid = default_pid(args.pid)
     packs = None
     monitor = _py_monitor_pack(args)
-    if monitor is not None or args.packs:
-        from recorders.packs import default_packs
+    args.syscalls = args.syscalls or args.time_all_syscalls
+    if monitor is not None or args.packs or args.syscalls:
+        from recorders.packs import all_packs, default_packs
 
-        packs = default_packs()
+        packs = default_packs(opt_in=["syscalls"] if args.syscalls else [])
         if args.packs:
-            wanted = {n.strip() for n in args.packs.split(",") if n.strip()}
-            unknown = wanted - {p.name for p in packs}
+            wanted = {n.strip() for n in args.packs.split(",") if n.strip()} | ({"syscalls"} if args.syscalls else set())
+            every = all_packs()
+            unknown = wanted - {p.name for p in every}
             if unknown:
                 raise PrismError(f"--packs: unknown pack(s) {', '.join(sorted(unknown))} "
-                                 f"(known: {', '.join(p.name for p in packs)})")
-            packs = [p for p in packs if p.name in wanted]
+                                 f"(known: {', '.join(p.name for p in every)})")
+            packs = [p for p in every if p.name in wanted]
         if monitor is not None:
             packs.append(monitor)
     rec = Recorder(pid, args.output, duration_s=args.duration, sample_interval_s=args.sample_ms / 1000, packs=packs,
@@ -335,6 +341,7 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--poll-ms", type=int, default=200,
                    help="how often the ring buffers are drained (at the first batch end after it)")
     p.add_argument("--no-causes", action="store_true", help="do not run cause analysis on an alert")
+    p.add_argument("--syscalls", action="store_true", help="also record the syscalls pack (see prism record --help)")
     p.add_argument("--rca", action="store_true",
                    help="add prismkit.rootcause's ranked causes to each alert (reloads the growing trace, off the alert path)")
     p.add_argument("--min-excess-ms", type=float, default=2.0,
@@ -375,7 +382,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                       follow_cmd=args.follow_cmd,
                       poll_ms=args.poll_ms, causes=not args.no_causes, verbose=not args.quiet,
                       nice=args.nice, min_excess_ms=args.min_excess_ms,
-                      rca=args.rca, live_rt_priority=args.live_priority or None)
+                      rca=args.rca, live_rt_priority=args.live_priority or None, syscalls=args.syscalls)
     return run_watch(cfg)
 
 

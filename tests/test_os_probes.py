@@ -536,3 +536,13 @@ def test_sched_bulk_write_matches_record_by_record(tmp_path, monkeypatch, native
     assert {"k\ufffdworker", "ab", "", "été", "é" * 8, "abc\ufffd"} <= set(got["by_comm"])
     assert got_pack.events == ref_pack.events == n
     assert got_pack.by_reason == ref_pack.by_reason
+
+
+def test_syscalls_pack_is_opt_in():
+    """Its probes run on every syscall of the host (measured: ~1.5% of the demo's throughput):
+    prism record loads it only with --syscalls (or --packs naming it)."""
+    from recorders.packs import all_packs, default_packs
+
+    assert "syscalls" not in {p.name for p in default_packs()}
+    assert "syscalls" in {p.name for p in default_packs(opt_in=["syscalls"])}
+    assert {p.name for p in default_packs()} | {"syscalls"} == {p.name for p in all_packs()}

@@ -54,6 +54,7 @@ class WatchConfig:
     n_estimators: int = 150
     max_fit_batches: int = 4000                     # warm-up batches (evenly spaced) the baseline is fitted on
     nice: int | None = None                         # autogroup nice of the watcher itself (alert path under load)
+    syscalls: bool = False                          # also the syscalls pack (off by default: its cost)
     poll_ms: int = 200                              # trace writing; each batch reaches the detector at once
     sample_ms: int = 200
     causes: bool = True
@@ -362,7 +363,7 @@ class Watcher:
         from recorders.engine import Recorder
         from recorders.packs import default_packs
 
-        self._packs = default_packs()
+        self._packs = default_packs(opt_in=["syscalls"] if self.cfg.syscalls else [])
         packs = self._packs + [_WatchPack(self)]
         path = self._trace_path()
         self.recorder = Recorder(pid, path, packs=packs, verbose=False, poll_interval_ms=self.cfg.poll_ms,

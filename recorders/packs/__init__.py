@@ -2,12 +2,21 @@
 from __future__ import annotations
 
 import importlib
+from typing import Iterable
 
 from .base import AttachReport, ProbePack, Uprobe
 
 
-def default_packs() -> list[ProbePack]:
-    """The packs `prism record` loads: each decides whether it applies to the target."""
+def default_packs(opt_in: Iterable[str] = ()) -> list[ProbePack]:
+    """The packs `prism record` loads: each decides whether it applies to the target. Packs
+    whose `on_by_default` is False (their measured cost, see each pack) only when named in
+    `opt_in`; all_packs() lists every one."""
+    wanted = set(opt_in)
+    return [p for p in all_packs() if getattr(p, "on_by_default", True) or p.name in wanted]
+
+
+def all_packs() -> list[ProbePack]:
+    """Every probe pack of this installation."""
     from .llama_cpp import LlamaCppPack
 
     packs: list[ProbePack] = [LlamaCppPack()]
@@ -22,4 +31,4 @@ def default_packs() -> list[ProbePack]:
     return packs
 
 
-__all__ = ["AttachReport", "ProbePack", "Uprobe", "default_packs"]
+__all__ = ["AttachReport", "ProbePack", "Uprobe", "all_packs", "default_packs"]

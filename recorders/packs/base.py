@@ -50,6 +50,8 @@ class ProbePack:
     buffers: dict[str, str] = {}
     #: seconds between sample() calls, if slower than the engine's sample interval
     sample_every_s: float | None = None
+    #: False: prism record loads it only when asked (default_packs(opt_in=...), --packs)
+    on_by_default: bool = True
 
     def applies_to(self, target: "TargetProcess") -> bool:
         return True

@@ -70,6 +70,12 @@ def syscall_name(nr: int) -> str:
 
 class SyscallsPack(ProbePack):
     name = "syscalls"
+    # Off unless asked for (prism record --syscalls): its probes run on every system call of
+    # the host, and llama.cpp's thread pool makes ~30k futex calls/s on its compute threads'
+    # critical path. Measured at the demo load (benchmarks/bench_recorder.py, 12 pairs each):
+    # throughput loss 2.9% with it, 1.4% without. Root-cause analysis does not need it
+    # (PSI io and blocked time carry io_contention; same accuracy on the sample traces).
+    on_by_default = False
     bpf_file = Path(__file__).with_name("syscalls.bpf.c")
 
     def __init__(self) -> None:
