@@ -246,7 +246,7 @@ static __always_inline int llama_stage_return(u32 stage) {
     ev->ts_end = now;
     ev->tid = (u32)id;
     ev->kind = stage;
-    // No wakeup: the recorder drains stages every poll interval (50 ms); 1 MiB holds
+    // No wakeup: the recorder drains stages every poll interval (200 ms); 1 MiB holds
     // minutes of them.
     llama_stage_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
     llama_open_stage.delete(&key);
