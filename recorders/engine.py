@@ -255,7 +255,8 @@ class Recorder:
         # lower limit min_preempt_us (measured on a loaded 2-core host: preemptions under
         # 20 us were 47% of the slices and 0.3% of the preempted time).
         # min_stage_us: engine stage calls shorter than this are counted, not written
-        # (see the llama_cpp pack). time_all_syscalls: the syscalls pack times futex calls too (see its docstring)
+        # (see the llama_cpp pack). time_all_syscalls: the syscalls pack (when loaded) times
+        # futex calls too (see its docstring).
         self.options = {"ringbuf_pages": ringbuf_pages, "capture_paths": capture_paths,
                         "min_offcpu_us": min_offcpu_us, "min_preempt_us": min_preempt_us,
                         "min_stage_us": min_stage_us, "poll_interval_ms": poll_interval_ms}
@@ -386,7 +387,8 @@ class Recorder:
             writer.close()
             bpf.cleanup()
             raise
-        # With every buffer on the live thread BCC has nothing to poll here: sleep instead.
+        # Nothing to wait for here (no buffer of this thread's, no live thread to signal a
+        # batch end): sleep a poll interval instead.
         bcc_polls = bool(getattr(bpf, "_ringbuf_manager", None))
         main_polls = bcc_polls or bool(ctx.bulk_buffers) or batch_end is not None
         waiter = RingWaiter([bpf[n.encode() if isinstance(n, str) else n].map_fd for n in ctx.main_buffers]
@@ -417,7 +419,8 @@ class Recorder:
                 if main_polls:
                     # Packs submit most records without a wakeup (one per record would have the
                     # recorder preempt the server's threads all the time): a buffer wakes us only
-                    # when it fills up; otherwise everything is drained once per poll interval.
+                    # when it fills up; otherwise everything is drained at the first batch end of
+                    # each poll interval (the live thread's eventfd), or on the timer.
                     woken = waiter.wait(max(next_drain - time.monotonic(), 0.0))
                     now = time.monotonic()
                     if woken and batch_end is not None:
