@@ -4,8 +4,7 @@
  * recorders/trace_writer.py builds packets with the protobuf classes (about 3-4 us per
  * event packet in Python); on the recorder's hot path (one scheduler slice = two
  * packets, thousands per second) track_event() does the same in well under a microsecond,
- * encode_slices() a whole drain of slices in one call, and encode_sched_events() a drain
- * of the sched pack's raw records, decoding included.
+ * and encode_sched_events() a whole drain of the sched pack's raw records, decoding included.
  * Interning stays in Python: the caller passes the iids, and the new (table, iid, name)
  * entries to emit in a packet's interned_data (encode_sched_events: none, its strings are
  * interned beforehand with TraceWriter.intern()).
@@ -239,216 +238,10 @@ done:
     return result;
 }
 
-/* ---- encode_slices: many slices in one call --------------------------------------------- */
-
-/* A 1-D column of integers from any buffer (numpy arrays, strided field views included). */
-typedef struct {
-    Py_buffer view;
-    int is_signed;
-} Column;
-
-static int column_open(PyObject *obj, Column *c, Py_ssize_t n, const char *what) {
-    if (PyObject_GetBuffer(obj, &c->view, PyBUF_STRIDES | PyBUF_FORMAT)) return -1;
-    const char *f = c->view.format ? c->view.format : "B";
-    if (*f == '<' || *f == '=' || *f == '@') f++;
-    Py_ssize_t size = c->view.itemsize;
-    int ok = c->view.ndim == 1 && f[0] && !f[1] && strchr("bBhHiIlLqQnN", f[0]) &&
-             (size == 1 || size == 2 || size == 4 || size == 8);
-    if (!ok) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a 1-D column of integers (format %s)", what,
-                     c->view.format ? c->view.format : "B");
-    } else if (c->view.shape[0] != n) {
-        PyErr_Format(PyExc_ValueError, "%s: %zd rows, expected %zd", what, c->view.shape[0], n);
-        ok = 0;
-    }
-    if (!ok) { PyBuffer_Release(&c->view); return -1; }
-    c->is_signed = strchr("bhilqn", f[0]) != NULL;
-    return 0;
-}
-
-static inline uint64_t column_at(const Column *c, Py_ssize_t i) {
-    const char *p = (const char *)c->view.buf + i * c->view.strides[0];
-    switch (c->view.itemsize) {
-    case 1: return c->is_signed ? (uint64_t)(int64_t)*(const int8_t *)p : *(const uint8_t *)p;
-    case 2: { uint16_t v; memcpy(&v, p, 2); return c->is_signed ? (uint64_t)(int64_t)(int16_t)v : v; }
-    case 4: { uint32_t v; memcpy(&v, p, 4); return c->is_signed ? (uint64_t)(int64_t)(int32_t)v : v; }
-    default: { uint64_t v; memcpy(&v, p, 8); return v; }
-    }
-}
-
-/* One debug annotation column: ints, or indices into a list of strings. */
-typedef struct {
-    uint64_t name_iid;
-    Column values;
-    PyObject *strings;          /* a fast sequence of str, or NULL for an int column */
-    const char **utf8;
-    Py_ssize_t *utf8_len;
-} AnnColumn;
-
-static void ann_close(AnnColumn *a) {
-    PyBuffer_Release(&a->values.view);
-    Py_XDECREF(a->strings);
-    PyMem_Free(a->utf8);
-    PyMem_Free(a->utf8_len);
-}
-
-static int ann_open(PyObject *item, AnnColumn *a, Py_ssize_t n) {
-    /* item: (name_iid, int column) or (name_iid, index column, [str]) */
-    memset(a, 0, sizeof(*a));
-    Py_ssize_t size = PyTuple_Check(item) ? PyTuple_GET_SIZE(item) : 0;
-    if (size != 2 && size != 3) {
-        PyErr_SetString(PyExc_TypeError, "annotation column must be (name_iid, ints) or (name_iid, indices, strings)");
-        return -1;
-    }
-    a->name_iid = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(item, 0));
-    if (PyErr_Occurred()) return -1;
-    if (column_open(PyTuple_GET_ITEM(item, 1), &a->values, n, "annotation")) return -1;
-    if (size == 2) return 0;
-    a->strings = PySequence_Fast(PyTuple_GET_ITEM(item, 2), "annotation strings must be a sequence");
-    if (!a->strings) { PyBuffer_Release(&a->values.view); return -1; }
-    Py_ssize_t ns = PySequence_Fast_GET_SIZE(a->strings);
-    a->utf8 = PyMem_Malloc(sizeof(char *) * (size_t)(ns + 1));
-    a->utf8_len = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(ns + 1));
-    if (!a->utf8 || !a->utf8_len) { PyErr_NoMemory(); ann_close(a); return -1; }
-    for (Py_ssize_t i = 0; i < ns; i++) {
-        a->utf8[i] = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(a->strings, i), &a->utf8_len[i]);
-        if (!a->utf8[i]) { ann_close(a); return -1; }
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        uint64_t k = column_at(&a->values, i);
-        if (k >= (uint64_t)ns) {
-            PyErr_Format(PyExc_IndexError, "string annotation index %llu out of range (%zd strings)",
-                         (unsigned long long)k, ns);
-            ann_close(a);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 static size_t varint_len(uint64_t v) {
     size_t n = 1;
     while (v >= 0x80) { v >>= 7; n++; }
     return n;
-}
-
-/* The per-row writers below compute message lengths up front instead of building each
- * message in a buffer of its own and copying it (half the time per slice). Every tag
- * here is one byte (field numbers < 16). */
-
-static int put_ann_row(Buf *ev, const AnnColumn *a, Py_ssize_t row) {
-    uint64_t v = column_at(&a->values, row);
-    size_t value_len = a->strings ? 1 + varint_len((uint64_t)a->utf8_len[v]) + (size_t)a->utf8_len[v]
-                                  : 1 + varint_len(v);
-    if (put_tag(ev, 4, 2) || put_varint(ev, 1 + varint_len(a->name_iid) + value_len) ||
-        put_uint_field(ev, 1, a->name_iid))
-        return -1;
-    return a->strings ? put_bytes(ev, 6, a->utf8[v], (size_t)a->utf8_len[v]) : put_uint_field(ev, 4, v);
-}
-
-/* Frame one TracePacket {timestamp, sequence id, track_event, interned_data (already
- * encoded, tag included), flags} into out. */
-static int put_event_packet(Buf *out, uint64_t ts, unsigned int seq_id, const Buf *ev, const Buf *interned,
-                            unsigned int seq_flags) {
-    size_t len = 1 + varint_len(ts) + 1 + varint_len(seq_id) + 1 + varint_len(ev->len) + ev->len + interned->len +
-                 (seq_flags ? 1 + varint_len(seq_flags) : 0);
-    if (put_tag(out, 1, 2) || put_varint(out, len) || put_uint_field(out, 8, ts) || put_uint_field(out, 10, seq_id) ||
-        put_bytes(out, 11, ev->p, ev->len) || buf_reserve(out, interned->len))
-        return -1;
-    memcpy(out->p + out->len, interned->p, interned->len);
-    out->len += interned->len;
-    return seq_flags ? put_uint_field(out, 13, seq_flags) : 0;
-}
-
-/* interned[k] = (row, entries), its row after `after` */
-static int interned_entry(PyObject *interned, Py_ssize_t k, Py_ssize_t after, Py_ssize_t *row, PyObject **entries) {
-    if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(interned, k), "nO", row, entries)) return -1;
-    if (*row <= after) {
-        PyErr_SetString(PyExc_ValueError, "interned rows must ascend");
-        return -1;
-    }
-    return 0;
-}
-
-/* encode_slices(ts, dur, track_uuid, name_iid, category_iid, annotations, interned, sequence_id,
- *               sequence_flags) -> bytes
- * The framed BEGIN (with annotations) and END packets of len(ts) slices, row by row: the
- * bytes of one track_event() call per packet. ts, dur, track_uuid, name_iid: integer columns
- * (dur < 0 ends the slice at ts). annotations: [(name_iid, ints) | (name_iid, indices, [str])].
- * interned: [(row, [(table_field, iid, name)])], ascending rows: entries for that row's BEGIN. */
-static PyObject *encode_slices(PyObject *self, PyObject *args) {
-    PyObject *ts_o, *dur_o, *track_o, *name_o, *anns_o, *interned_o;
-    unsigned long long cat_iid;
-    unsigned int seq_id, seq_flags;
-    if (!PyArg_ParseTuple(args, "OOOOKOOII", &ts_o, &dur_o, &track_o, &name_o, &cat_iid, &anns_o, &interned_o,
-                          &seq_id, &seq_flags))
-        return NULL;
-    Py_ssize_t n = PyObject_Length(ts_o);
-    if (n < 0) return NULL;
-    Column cols[4];
-    PyObject *objs[4] = {ts_o, dur_o, track_o, name_o};
-    const char *names[4] = {"ts", "dur", "track_uuid", "name_iid"};
-    int ncols = 0;
-    PyObject *anns = NULL, *interned = NULL, *result = NULL;
-    AnnColumn *ann = NULL;
-    Py_ssize_t nann = 0, nint = 0, next_int = 0, next_row = -1;
-    PyObject *next_entries = NULL;
-    Buf ev, inter, none /* an END's interned data */, out;
-    buf_init(&ev);
-    buf_init(&inter);
-    buf_init(&none);
-    buf_init(&out);
-    for (; ncols < 4; ncols++)
-        if (column_open(objs[ncols], &cols[ncols], n, names[ncols])) goto done;
-    anns = PySequence_Fast(anns_o, "annotations must be a sequence");
-    interned = PySequence_Fast(interned_o, "interned must be a sequence");
-    if (!anns || !interned) goto done;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(anns);
-    ann = PyMem_Calloc((size_t)count + 1, sizeof(AnnColumn));
-    if (!ann) { PyErr_NoMemory(); goto done; }
-    for (; nann < count; nann++)
-        if (ann_open(PySequence_Fast_GET_ITEM(anns, nann), &ann[nann], n)) goto done;
-    nint = PySequence_Fast_GET_SIZE(interned);
-    if (nint && interned_entry(interned, 0, -1, &next_row, &next_entries)) goto done;
-    if (buf_reserve(&out, (size_t)n * 128)) goto done;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        uint64_t ts = column_at(&cols[0], i), track = column_at(&cols[2], i), name_iid = column_at(&cols[3], i);
-        uint64_t dur = column_at(&cols[1], i);
-        if (cols[1].is_signed && (int64_t)dur < 0) dur = 0;
-        PyObject *row_interned = NULL;
-        if (next_int < nint && next_row == i) {
-            row_interned = next_entries;
-            if (++next_int < nint && interned_entry(interned, next_int, i, &next_row, &next_entries)) goto done;
-        }
-        ev.len = 0;
-        if (cat_iid && put_uint_field(&ev, 3, cat_iid)) goto done;
-        for (Py_ssize_t k = 0; k < nann; k++)
-            if (put_ann_row(&ev, &ann[k], i)) goto done;
-        if (put_uint_field(&ev, 9, 1 /* TYPE_SLICE_BEGIN */) || (name_iid && put_uint_field(&ev, 10, name_iid)) ||
-            put_uint_field(&ev, 11, track))
-            goto done;
-        inter.len = 0;
-        if (row_interned && put_interned(&inter, row_interned)) goto done;
-        if (put_event_packet(&out, ts, seq_id, &ev, &inter, seq_flags)) goto done;
-        ev.len = 0;
-        if (put_uint_field(&ev, 9, 2 /* TYPE_SLICE_END */) || put_uint_field(&ev, 11, track)) goto done;
-        if (put_event_packet(&out, ts + dur, seq_id, &ev, &none, seq_flags)) goto done;
-    }
-    if (next_int < nint) {
-        PyErr_Format(PyExc_ValueError, "interned row %zd out of range", next_row);
-        goto done;
-    }
-    result = PyBytes_FromStringAndSize((const char *)out.p, (Py_ssize_t)out.len);
-done:
-    for (int k = 0; k < ncols; k++) PyBuffer_Release(&cols[k].view);
-    for (Py_ssize_t k = 0; k < nann; k++) ann_close(&ann[k]);
-    PyMem_Free(ann);
-    Py_XDECREF(anns);
-    Py_XDECREF(interned);
-    buf_free(&ev);
-    buf_free(&inter);
-    buf_free(&out);
-    return result;
 }
 
 /* ---- encode_sched_events: a drain of the sched pack, in one call --------------------------
@@ -843,7 +636,6 @@ static PyTypeObject RingReaderType = {
 
 static PyMethodDef methods[] = {
     {"track_event", track_event, METH_VARARGS, "Encode one framed TracePacket with a TrackEvent (see the module comment)."},
-    {"encode_slices", encode_slices, METH_VARARGS, "Encode the BEGIN and END packets of many slices (see encode_slices)."},
     {"encode_sched_events", encode_sched_events, METH_VARARGS,
      "Encode a drain of struct sched_event records as slices (see encode_sched_events)."},
     {NULL, NULL, 0, NULL},

@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, BinaryIO, Iterable, Mapping, Sequence, Union
+from typing import Any, BinaryIO, Iterable, Sequence
 
-import numpy as np
 from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import (
     BuiltinClock,
     ClockSnapshot,
@@ -34,10 +33,6 @@ TYPE_COUNTER = TrackEvent.TYPE_COUNTER
 SEQUENCE_ID = 1
 
 Args = dict[str, Any]
-#: a column of slices(): 1-D integers (a numpy array or any buffer), one per row
-IntColumn = Any
-#: a string column of slices(): (indices, strings), row i's value being strings[indices[i]]
-StrColumn = tuple[IntColumn, Sequence[str]]
 
 
 def _varint(n: int) -> bytes:
@@ -265,78 +260,6 @@ class TraceWriter:
         with self._lock:
             self._write_event(ts, track_uuid, TYPE_SLICE_BEGIN, name, category, args, flow_ids, terminating_flow_ids)
             self._write_event(ts + max(int(dur), 0), track_uuid, TYPE_SLICE_END, None, None, end_args)
-
-    def slices(self, track_uuid: IntColumn, ts: IntColumn, dur: IntColumn, name: StrColumn, category: str,
-               args: Mapping[str, Union[IntColumn, StrColumn]] | None = None) -> None:
-        """Write len(ts) slices in one call: the packets of one slice() per row, in row order.
-
-        track_uuid, ts, dur and int args are integer columns of one length; the name and
-        string args are StrColumns (indices into a list of strings).
-        """
-        n = len(ts)
-        if n == 0:
-            return
-        args = args or {}
-        with self._lock:
-            if not self._native or self._first:
-                self._slices_one_by_one(track_uuid, ts, dur, name, category, args)
-                return
-            interned: dict[int, list[tuple[int, int, str]]] = {}
-            name_iids = self._intern_column(self._names, 2, name, interned)
-            new = []
-            cat_iid = self._intern_new(self._cats, 1, category, new)
-            anns = []
-            for key, column in args.items():
-                iid = self._intern_new(self._ann, 3, key, new)
-                anns.append((iid, *column) if isinstance(column, tuple) else (iid, column))
-            if new:
-                interned.setdefault(0, [])[:0] = new
-            self._f.write(_encode.encode_slices(ts, dur, track_uuid, name_iids, cat_iid, anns,
-                                                sorted(interned.items()), SEQUENCE_ID, SEQ_NEEDS_INCREMENTAL_STATE))
-            self._written(2 * n)
-
-    @staticmethod
-    def _intern_new(table: dict[str, int], kind: int, key: str, new: list) -> int:
-        """The iid of `key`; a new one is appended to `new` as (table field, iid, key)."""
-        iid = table.get(key)
-        if iid is None:
-            iid = table[key] = len(table) + 1
-            new.append((kind, iid, key))
-        return iid
-
-    def _intern_column(self, table: dict[str, int], kind: int, column: StrColumn,
-                       interned: dict[int, list[tuple[int, int, str]]]) -> np.ndarray:
-        """iids of a string column; a string new to `table` is interned on the row that first uses it."""
-        indices, strings = column
-        indices = np.asarray(indices)
-        iids = np.array([table.get(s, 0) for s in strings], dtype=np.uint64)
-        first_use = []
-        for k in np.flatnonzero(iids == 0).tolist():
-            rows = np.flatnonzero(indices == k)
-            if len(rows):
-                first_use.append((int(rows[0]), k))
-        for row, k in sorted(first_use):  # iids in order of first use, as slice() by slice()
-            new: list = []
-            iids[k] = self._intern_new(table, kind, strings[k], new)
-            if new:
-                interned.setdefault(row, []).extend(new)
-        return iids[indices]
-
-    def _slices_one_by_one(self, track_uuid: IntColumn, ts: IntColumn, dur: IntColumn, name: StrColumn,
-                           category: str, args: Mapping[str, Union[IntColumn, StrColumn]]) -> None:
-        """slices() through _write_event, row by row (caller holds the lock)."""
-        def values(column) -> list:
-            if isinstance(column, tuple):
-                indices, strings = column
-                return [strings[k] for k in np.asarray(indices).tolist()]
-            return np.asarray(column).tolist()
-
-        names, tracks, starts, durs = values(name), values(track_uuid), values(ts), values(dur)
-        arg_values = {key: values(column) for key, column in args.items()}
-        for i, start in enumerate(starts):
-            row_args = {key: col[i] for key, col in arg_values.items()}
-            self._write_event(start, tracks[i], TYPE_SLICE_BEGIN, names[i], category, row_args)
-            self._write_event(start + max(durs[i], 0), tracks[i], TYPE_SLICE_END, None, None)
 
     # -- packets encoded elsewhere (recorders/_encode.c: encode_sched_events) ----
     def intern(self, names: Sequence[str] = (), categories: Sequence[str] = (),

@@ -1,7 +1,6 @@
 """The trace writer's C fast path (recorders/_encode.c) writes the packets the protobuf classes write."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace
 
@@ -49,54 +48,6 @@ def test_native_encoder_rejects_bad_input():
         trace_writer._encode.track_event(1, 1, 1, 0, 0, [("x", 1)], None, None, None, 1, 2, None)
 
 
-SCHED_LIKE = np.dtype([("ts", "<u8"), ("end", "<u8"), ("tid", "<u4"), ("by_pid", "<i4"), ("cpu", "<u2"),
-                       ("reason", "u1"), ("pad", "u1")])
-
-
-def _rows() -> np.ndarray:
-    """Slices as a pack drains them: a structured array (strided field views), names and a
-    string arg as indices, a negative duration, values of every int width."""
-    rows = np.zeros(7, SCHED_LIKE)
-    rows["ts"] = [10_000, 10_100, 10_200, 2**40, 10_400, 10_500, 10_600]
-    rows["end"] = [10_050, 10_100, 10_150, 2**40 + 7, 10_900, 10_501, 10_800]  # row 2 ends before it starts
-    rows["tid"] = [11, 11, 12, 11, 12, 12, 11]
-    rows["by_pid"] = [42, -3, 0, 2**31 - 1, 7, 7, 42]
-    rows["cpu"] = [0, 1, 65535, 1, 0, 0, 1]
-    rows["reason"] = [1, 1, 2, 0, 2, 3, 1]  # 3: the duplicate "preempted" below
-    return rows
-
-
-NAMES = ("off_cpu", "preempted", "blocked", "preempted")
-COMMS = ["busy", "é", "", "busy"]
-
-
-def _batch(rows: np.ndarray, tracks: dict[int, int]) -> dict:
-    return {"track_uuid": np.array([tracks[t] for t in rows["tid"].tolist()], dtype=np.uint64),
-            "ts": rows["ts"], "dur": rows["end"].astype(np.int64) - rows["ts"].astype(np.int64),
-            "name": (rows["reason"], NAMES), "category": "sched",
-            "args": {"by_pid": rows["by_pid"], "by_comm": (np.arange(len(rows)) % len(COMMS), COMMS),
-                     "runq_wait_ns": rows["end"], "cpu": rows["cpu"]}}
-
-
-def _write_batches(path, native: bool, one_by_one: bool) -> None:
-    w = TraceWriter(path, native=native)
-    tracks = {11: w.thread_track(10, 11, "a"), 12: w.thread_track(10, 12, "b")}
-    w.slice(tracks[11], 5_000, 10, "preempted", "sched", {"cpu": 3})  # some names already interned
-    rows = _rows()
-    for part in (rows[:4], rows[:0], rows[4:]):
-        batch = _batch(part, tracks)
-        if not one_by_one:
-            w.slices(**batch)
-            continue
-        dur = batch["dur"].tolist()
-        comms = batch["args"]["by_comm"][0].tolist()
-        for i, r in enumerate(part.tolist()):
-            w.slice(tracks[r[2]], r[0], dur[i], NAMES[r[5]], "sched",
-                    {"by_pid": r[3], "by_comm": COMMS[comms[i]], "runq_wait_ns": r[1], "cpu": r[4]})
-    w.instant(tracks[11], 20_000, "blocked", "sched", {"cpu": 1})  # after the batch: interning carried on
-    w.close()
-
-
 def _packets_after_clock(path) -> bytes:
     data = path.read_bytes()
     assert data[0] == 0x0A
@@ -110,38 +61,6 @@ def _packets_after_clock(path) -> bytes:
         if not b & 0x80:
             break
     return data[i + n:]
-
-
-@pytest.mark.parametrize("native", [True, False])
-def test_slices_batch_writes_the_bytes_of_slice_calls(tmp_path, native):
-    if native and trace_writer._encode is None:
-        pytest.fail("recorders._encode is not built (scripts/setup.sh builds it)")
-    _write_batches(tmp_path / "ref.pftrace", native=False, one_by_one=True)
-    _write_batches(tmp_path / "batch.pftrace", native=native, one_by_one=False)
-    ref, got = (_packets_after_clock(tmp_path / f) for f in ("ref.pftrace", "batch.pftrace"))
-    assert got == ref
-    packets = Trace.FromString((tmp_path / "batch.pftrace").read_bytes()).packet
-    assert len(packets) == 1 + 2 + 2 + 2 * 7 + 1
-    interned = [p.interned_data for p in packets if p.HasField("interned_data")]
-    assert [n.name for d in interned for n in d.event_names] == ["preempted", "blocked", "off_cpu"]
-
-
-def test_encode_slices_rejects_bad_input():
-    if trace_writer._encode is None:
-        pytest.fail("recorders._encode is not built")
-    enc = trace_writer._encode.encode_slices
-    col = np.arange(3, dtype=np.uint64)
-    with pytest.raises(ValueError):  # columns of different lengths
-        enc(col, col[:2], col, col, 0, [], [], 1, 2)
-    with pytest.raises(TypeError):  # not integers
-        enc(col, col, col, col.astype(np.float64), 0, [], [], 1, 2)
-    with pytest.raises(IndexError):  # string index out of range
-        enc(col, col, col, col, 0, [(1, col, ["a"])], [], 1, 2)
-    with pytest.raises(ValueError):  # interned row past the end
-        enc(col, col, col, col, 0, [], [(5, [(2, 1, "x")])], 1, 2)
-    with pytest.raises(ValueError):  # interned rows out of order
-        enc(col, col, col, col, 0, [], [(1, [(2, 1, "x")]), (1, [(2, 2, "y")])], 1, 2)
-    assert enc(col[:0], col[:0], col[:0], col[:0], 0, [], [], 1, 2) == b""
 
 
 SCHED_RECORD = "<QQQIIII16s"  # struct sched_event (recorders/packs/sched/sched.bpf.c)
