@@ -76,8 +76,7 @@ BPF_ARRAY(sched_cpus, struct sched_cpu, SCHED_MAX_CPUS);
 BPF_HASH(sched_preemptors, u32, struct sched_preemptor, 4096);
 BPF_HASH(sched_faults, u32, u64, 8192);
 struct sched_wake {
-    u64 last;                   // last forced wakeup
-    u64 pending;                // records submitted since (approximate: updated by all CPUs)
+    u64 pending;                // records submitted since the last forced wakeup (approximate: all CPUs update it)
 };
 BPF_ARRAY(sched_wake_state, struct sched_wake, 1);
 
@@ -87,13 +86,12 @@ BPF_ARRAY(sched_wake_state, struct sched_wake, 1);
 // loop on a 2-CPU host). Otherwise the engine drains every buffer at the first batch end
 // after each poll interval (or on its timer when the server is idle).
 #define SCHED_WAKEUP_RECORDS ((u64)RINGBUF_PAGES * 4096 / 4 / (sizeof(struct sched_event) + 8))
-static __always_inline u64 sched_submit_flags(u64 now) {
+static __always_inline u64 sched_submit_flags(void) {
     int z = 0;
     struct sched_wake *w = sched_wake_state.lookup(&z);
     if (!w) return 0;
     w->pending += 1;
     if (w->pending >= SCHED_WAKEUP_RECORDS) {
-        w->last = now;
         w->pending = 0;
         return BPF_RB_FORCE_WAKEUP;
     }
@@ -230,7 +228,7 @@ int sched_on_switch(struct sched_switch_args *args) {
     ev->cpu = t->cpu;
     ev->reason = reason;
     __builtin_memcpy(ev->by_comm, t->by_comm, sizeof(ev->by_comm));
-    sched_events.ringbuf_submit(ev, sched_submit_flags(now));
+    sched_events.ringbuf_submit(ev, sched_submit_flags());
     return 0;
 }
 #endif
