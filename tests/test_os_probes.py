@@ -35,13 +35,23 @@ def busy_python() -> str:
 
 
 def start_busy(cpus: list[int], per_cpu: int = 1) -> list[subprocess.Popen]:
-    """CPU hogs pinned one per CPU in `cpus`, named prism-busy."""
+    """CPU hogs pinned one per CPU in `cpus`, named prism-busy, each in a session of its own.
+
+    Why a session of its own: with autogroup scheduling (Debian's default) a hog in pytest's
+    session shares that group's CPU share with the load generator, and the server, in a group
+    of its own, lost only a few ms to the hogs in some runs (7 ms in 3 s).
+    """
     procs = []
     for cpu in cpus:
         for _ in range(per_cpu):
-            procs.append(subprocess.Popen([busy_python(), "-S", "-c", BUSY],
+            procs.append(subprocess.Popen([busy_python(), "-S", "-c", BUSY], start_new_session=True,
                                           preexec_fn=lambda c=cpu: os.sched_setaffinity(0, {c})))
     return procs
+
+
+def _own_comm() -> str:
+    with open("/proc/self/comm") as f:
+        return f.read().strip()
 
 
 def stop_busy(procs: list[subprocess.Popen]) -> None:
@@ -125,7 +135,6 @@ def test_all_os_probes_attached(contended):
         assert why, f"{what} failed without a reason"
 
 
-@pytest.mark.xfail(strict=False, reason="issue 3 open: timing-sensitive on a shared 2-core host (passes in some runs, fails in others); the same check by hand with `prism record` names prism-busy")
 def test_busy_process_preempts_server_threads_and_is_named(contended):
     t = contended["trace"]
     sched = t.sched
@@ -134,7 +143,11 @@ def test_busy_process_preempts_server_threads_and_is_named(contended):
     by_busy = sched[(sched["reason"] == "preempted") & sched["by_pid"].isin(busy)]
     assert len(by_busy) > 0, (f"no preemption by the busy processes {busy}; preemptors seen: "
                               f"{sched[sched.reason == 'preempted'].by_comm.value_counts().head().to_dict()}")
-    assert set(by_busy["by_comm"]) == {BUSY_COMM}
+    # Between fork and exec a hog still has pytest's comm: a preemption then is named so
+    # (the kernel's name for the task at that moment); after exec it is prism-busy.
+    assert set(by_busy["by_comm"]) <= {BUSY_COMM, _own_comm()}
+    named = by_busy[by_busy["by_comm"] == BUSY_COMM]
+    assert named["dur"].sum() >= 0.9 * by_busy["dur"].sum()
     assert (by_busy["pid"] == contended["pid"]).all()
     assert by_busy["dur"].sum() > 20_000_000, "busy processes took less than 20 ms from the server threads"
     # ... inside the window where they ran
@@ -177,22 +190,24 @@ def test_sched_slices_well_formed(contended):
     assert t.metadata.get("lost_events.sched_events", 0) == 0
 
 
-@pytest.mark.xfail(strict=False, reason="issue 3 open: timing-sensitive on a shared 2-core host (passes in some runs, fails in others); the same check by hand with `prism record` names prism-busy")
 def test_sched_totals_agree_with_schedstat(contended):
     """Switch counts, on-CPU time and run-queue wait from the tracepoints agree with the
     kernel's own per-thread accounting (/proc/PID/task/TID/schedstat) over the recording.
 
-    Switch counts match exactly (one sched_switch per slice the kernel counts). On-CPU
-    time matches within a few % for busy threads; threads that run ~10 us at a time
-    differ by a few us per switch (the kernel starts a run at pick time, before the
-    tracepoint). schedstat's run-queue delay and ours differ more (e.g. EEVDF delayed
-    dequeue): only the totals are compared, loosely.
+    Switch counts match per thread (one sched_switch per slice the kernel counts). On-CPU
+    time matches for the process as a whole; between two threads the two accountings
+    move a few us per switch (measured: 4-11 us per switch, up to 120 ms over 4 s, one
+    thread higher by as much as the other is lower, their sum within 1%). The kernel
+    charges a run from its pick (rq clock, without IRQ time), the tracepoint a few steps
+    later, and a thread woken on an idle vCPU of this VM loses that gap. So per thread
+    the bound grows with the switches. schedstat's run-queue delay and ours differ more
+    (e.g. EEVDF delayed dequeue): only the totals are compared, loosely.
     """
     require(os.path.exists(f"/proc/{contended['pid']}/schedstat"), "kernel without schedstat")
     args = summary_args(contended["trace"], "sched.summary")
     before, after = contended["schedstat"]
     busy_checked = 0
-    runq_bpf = runq_kernel = 0
+    runq_bpf = runq_kernel = oncpu_bpf = oncpu_kernel = 0
     for tid in set(before) & set(after):
         run, delay, slices = (a - b for a, b in zip(after[tid], before[tid]))
         if f"thread.{tid}.oncpu_ns" not in args or slices == 0:
@@ -202,14 +217,17 @@ def test_sched_totals_agree_with_schedstat(contended):
         assert switches == pytest.approx(slices, rel=0.05, abs=30), tid
         runq_bpf += args[f"thread.{tid}.runq_ns"]
         runq_kernel += delay
+        oncpu_bpf += args[f"thread.{tid}.oncpu_ns"]
+        oncpu_kernel += run
         if run >= 100_000_000:
             busy_checked += 1
-            assert args[f"thread.{tid}.oncpu_ns"] == pytest.approx(run, rel=0.15, abs=30_000_000), tid
+            assert args[f"thread.{tid}.oncpu_ns"] == pytest.approx(run, rel=0.15, abs=30_000_000 + 15_000 * slices), \
+                (tid, slices)
     assert busy_checked >= 1, "no server thread ran 100 ms during the recording"
+    assert oncpu_bpf == pytest.approx(oncpu_kernel, rel=0.05, abs=30_000_000)
     assert runq_bpf == pytest.approx(runq_kernel, rel=0.5)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 3 open: timing-sensitive on a shared 2-core host (passes in some runs, fails in others); the same check by hand with `prism record` names prism-busy")
 def test_proc_counters_sane(contended):
     t = contended["trace"]
     c = t.counters
