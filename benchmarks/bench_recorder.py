@@ -54,14 +54,34 @@ def _packs(names: str | None):
     return [p for p in all_packs() if p.name in wanted]
 
 
+BURNER = """
+import sys, time
+burn_s, period_s = float(sys.argv[1]) / 1000, float(sys.argv[2]) / 1000
+while True:
+    time.sleep(period_s)
+    t = time.thread_time()
+    while time.thread_time() - t < burn_s:
+        pass
+"""
+
+
+def _start_burner(burn_ms: float, period_ms: float = 200.0) -> subprocess.Popen:
+    """The control: a plain process that wakes every period_ms and burns burn_ms of CPU (no probes)."""
+    proc = subprocess.Popen([sys.executable, "-S", "-c", BURNER, str(burn_ms), str(period_ms)])
+    time.sleep(0.3)
+    return proc
+
+
 def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int, packs: str | None = None,
-             watch: bool = False, extra: tuple[str, ...] = ()) -> None:
+             watch: bool = False, extra: tuple[str, ...] = (), control_burn_ms: float | None = None) -> None:
     srv = LlamaServer(model=model, port=port, name="bench-overhead", n_parallel=concurrency)
     info = srv.start()
     try:
         throughput(info.url, 5, concurrency, seed=0)  # warm up
         ratios, cpus = [], []
         what = "prism watch (recorder + online detector + JSONL alerts)" if watch else "prism record"
+        if control_burn_ms:
+            what = f"the control (a process burning {control_burn_ms:g} ms of CPU every 200 ms, no probes)"
         print(f"overhead of {what}: model {model}, closed loop c={concurrency}, {seconds:.0f}s per run, "
               f"{pairs} A/B pairs, packs: {packs or 'all default'}" + (f", options: {' '.join(extra)}" if extra else ""))
         with tempfile.TemporaryDirectory() as tmp:
@@ -71,28 +91,33 @@ def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int
                 if i % 2 == 0:
                     a = throughput(info.url, seconds, concurrency, seed=2 * i)
                 out = Path(tmp) / f"b{i}.pftrace"
-                rec = _start_record(info.pid, out, packs, watch_model, extra)
+                if control_burn_ms:
+                    rec = _start_burner(control_burn_ms)
+                else:
+                    rec = _start_record(info.pid, out, packs, watch_model, extra)
                 cpu0 = _cpu_s(rec.pid)
                 b = throughput(info.url, seconds, concurrency, seed=2 * i)
                 cpu = (_cpu_s(rec.pid) - cpu0) / seconds
-                rec.send_signal(signal.SIGINT)
+                rec.send_signal(signal.SIGKILL if control_burn_ms else signal.SIGINT)
                 rec.wait(60)
                 if i % 2 == 1:
                     a = throughput(info.url, seconds, concurrency, seed=2 * i)
                 from prismkit.trace import load_trace
 
-                meta = load_trace(out).metadata
+                meta = {} if control_burn_ms else load_trace(out).metadata
                 events = sum(v for k, v in meta.items() if k.startswith("events.") and isinstance(v, int))
                 ratios.append(b / a)
                 cpus.append(cpu)
-                print(f"  pair {i + 1}: A {a:8.1f} tok/s   B (recording) {b:8.1f} tok/s   B/A {b / a:.4f}"
-                      f"   recorder {cpu:.3f} CPU   events {events} lost {meta.get('lost_events')}")
+                print(f"  pair {i + 1}: A {a:8.1f} tok/s   B ({'control' if control_burn_ms else 'recording'}) "
+                      f"{b:8.1f} tok/s   B/A {b / a:.4f}   {'burner' if control_burn_ms else 'recorder'} {cpu:.3f} CPU"
+                      + ("" if control_burn_ms else f"   events {events} lost {meta.get('lost_events')}"))
             med = statistics.median(ratios)
             lo, hi = _median_interval(ratios)
             print(f"median B/A throughput ratio: {med:.4f} (95% interval {lo:.3f}-{hi:.3f})  -> overhead "
-                  f"{100 * (1 - med):+.2f}% (goal: under 1%); recorder process {statistics.median(cpus):.3f} CPU "
+                  f"{100 * (1 - med):+.2f}% (goal: under 1%); {'burner' if control_burn_ms else 'recorder process'} "
+                  f"{statistics.median(cpus):.3f} CPU "
                   f"(median)")
-            if not watch:
+            if not watch and not control_burn_ms:
                 _where_it_goes(info, Path(tmp), seconds, concurrency, packs, extra)
     finally:
         srv.stop()
@@ -249,6 +274,9 @@ def main() -> None:
     ap.add_argument("--no-event-rate", action="store_true")
     ap.add_argument("--watch", action="store_true",
                     help="measure `prism watch` (recorder + online detector) instead of `prism record`")
+    ap.add_argument("--control-burn-ms", type=float, default=None, metavar="MS",
+                    help="B runs a plain process that burns MS of CPU every 200 ms instead of the recorder "
+                         "(the recorder's CPU without its probes: how well this host resolves a loss that small)")
     ap.add_argument("--bpf-stats", action="store_true",
                     help="leave kernel.bpf_stats_enabled on (per-program run counts in the traces; "
                          "costs ~20-40 ns per probe hit, so off by default, as on a production host)")
@@ -264,7 +292,7 @@ def main() -> None:
 
 def _run(args) -> None:
     overhead(args.model, args.pairs, args.seconds, args.concurrency, args.port, args.packs, args.watch,
-             tuple(shlex.split(args.record_args)))
+             tuple(shlex.split(args.record_args)), args.control_burn_ms)
     if not args.no_event_rate:
         event_rate(min(args.seconds, 10.0), args.port + 1)
 
