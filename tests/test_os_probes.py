@@ -197,10 +197,10 @@ def test_sched_totals_agree_with_schedstat(contended):
     Switch counts match per thread (one sched_switch per slice the kernel counts). On-CPU
     time matches for the process as a whole; between two threads the two accountings
     move a few us per switch (measured: 4-11 us per switch, up to 120 ms over 4 s, one
-    thread higher by as much as the other is lower, their sum within 1%). The kernel
-    charges a run from its pick (rq clock, without IRQ time), the tracepoint a few steps
-    later, and a thread woken on an idle vCPU of this VM loses that gap. So per thread
-    the bound grows with the switches. schedstat's run-queue delay and ours differ more
+    thread higher by as much as the other is lower, their sum within 1%); likely causes,
+    not verified: the kernel charges a run from its pick (rq clock, without IRQ time),
+    the tracepoint fires a few steps later. So per thread the bound grows with the
+    switches. schedstat's run-queue delay and ours differ more
     (e.g. EEVDF delayed dequeue): only the totals are compared, loosely.
     """
     require(os.path.exists(f"/proc/{contended['pid']}/schedstat"), "kernel without schedstat")
