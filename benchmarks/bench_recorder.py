@@ -83,7 +83,8 @@ def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int
         if control_burn_ms:
             what = f"the control (a process burning {control_burn_ms:g} ms of CPU every 200 ms, no probes)"
         print(f"overhead of {what}: model {model}, closed loop c={concurrency}, {seconds:.0f}s per run, "
-              f"{pairs} A/B pairs, packs: {packs or 'all default'}" + (f", options: {' '.join(extra)}" if extra else ""))
+              f"{pairs} A/B pairs" + ("" if control_burn_ms else f", packs: {packs or 'all default'}")
+              + (f", options: {' '.join(extra)}" if extra else ""))
         with tempfile.TemporaryDirectory() as tmp:
             watch_model = _baseline_model(info, Path(tmp), concurrency, packs) if watch else None
             for i in range(pairs):
