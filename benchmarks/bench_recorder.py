@@ -18,16 +18,16 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shlex
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-import os
-import signal
-import subprocess
-import sys
 
 from prismkit.load import closed_loop, parse_length_dist, run_load
 from prismkit.target.server import LlamaServer
@@ -54,21 +54,12 @@ def _packs(names: str | None):
     return [p for p in all_packs() if p.name in wanted]
 
 
-BURNER = """
-import sys, time
-burn_s, period_s = float(sys.argv[1]) / 1000, float(sys.argv[2]) / 1000
-while True:
-    time.sleep(period_s)
-    t = time.thread_time()
-    while time.thread_time() - t < burn_s:
-        pass
-"""
-
-
 def _start_burner(burn_ms: float, period_ms: float = 200.0) -> subprocess.Popen:
-    """The control: a plain process that wakes every period_ms and burns burn_ms of CPU (no probes)."""
-    proc = subprocess.Popen([sys.executable, "-S", "-c", BURNER, str(burn_ms), str(period_ms)])
-    time.sleep(0.3)
+    """The control: the injector's spin worker, burning burn_ms of every period_ms (no probes)."""
+    cfg = {"parent": os.getpid(), "duty": burn_ms / period_ms, "period_ms": period_ms}
+    proc = subprocess.Popen([sys.executable, "-m", "prismkit.inject.worker", "spin", json.dumps(cfg)], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+    proc.stdout.readline()  # "ready"
     return proc
 
 
@@ -82,6 +73,7 @@ def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int
         what = "prism watch (recorder + online detector + JSONL alerts)" if watch else "prism record"
         if control_burn_ms:
             what = f"the control (a process burning {control_burn_ms:g} ms of CPU every 200 ms, no probes)"
+        b_name, b_proc = ("control", "burner") if control_burn_ms else ("recording", "recorder")
         print(f"overhead of {what}: model {model}, closed loop c={concurrency}, {seconds:.0f}s per run, "
               f"{pairs} A/B pairs" + ("" if control_burn_ms else f", packs: {packs or 'all default'}")
               + (f", options: {' '.join(extra)}" if extra else ""))
@@ -109,15 +101,13 @@ def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int
                 events = sum(v for k, v in meta.items() if k.startswith("events.") and isinstance(v, int))
                 ratios.append(b / a)
                 cpus.append(cpu)
-                print(f"  pair {i + 1}: A {a:8.1f} tok/s   B ({'control' if control_burn_ms else 'recording'}) "
-                      f"{b:8.1f} tok/s   B/A {b / a:.4f}   {'burner' if control_burn_ms else 'recorder'} {cpu:.3f} CPU"
+                print(f"  pair {i + 1}: A {a:8.1f} tok/s   B ({b_name}) {b:8.1f} tok/s   B/A {b / a:.4f}   "
+                      f"{b_proc} {cpu:.3f} CPU"
                       + ("" if control_burn_ms else f"   events {events} lost {meta.get('lost_events')}"))
             med = statistics.median(ratios)
             lo, hi = _median_interval(ratios)
             print(f"median B/A throughput ratio: {med:.4f} (95% interval {lo:.3f}-{hi:.3f})  -> overhead "
-                  f"{100 * (1 - med):+.2f}% (goal: under 1%); {'burner' if control_burn_ms else 'recorder process'} "
-                  f"{statistics.median(cpus):.3f} CPU "
-                  f"(median)")
+                  f"{100 * (1 - med):+.2f}% (goal: under 1%); {b_proc} {statistics.median(cpus):.3f} CPU (median)")
             if not watch and not control_burn_ms:
                 _where_it_goes(info, Path(tmp), seconds, concurrency, packs, extra)
     finally:

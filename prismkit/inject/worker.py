@@ -54,7 +54,7 @@ def _ready() -> None:
 
 def spin(cfg: dict) -> None:
     duty = float(cfg.get("duty", 1.0))
-    period = 0.01
+    period = float(cfg.get("period_ms", 10)) / 1000
     _ready()
     if duty >= 1.0:
         while True:
