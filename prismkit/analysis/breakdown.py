@@ -11,6 +11,12 @@ One analyzer per question, HolisticTraceAnalysis style:
 Two scopes: 'batch' is the llama_decode call itself; 'step' (the default) is
 the engine step it starts: the decode plus the sampling and detokenization the
 server does on that thread before its next decode (idle time is not counted).
+
+Stage calls too short to be written as slices (under the recorder's
+--min-stage-us) are summed per thread in the kernel and carried by the next
+batch slice (`short_ns.<stage>` inside the call, `gap_short_ns.<stage>` since the
+previous decode returned): that time moves from "other" to its stage, the gap
+sums to the step before.
 """
 from __future__ import annotations
 
@@ -44,6 +50,9 @@ class BatchBreakdown:
         # after the decode and before the thread's next decode.
         b["next_ts"] = b.groupby("tid")["ts"].shift(-1, fill_value=np.iinfo(np.int64).max).astype(np.int64)
         b["window_end"] = b["end"]
+        if "gap_short_end" in b.columns:  # short stage calls after this decode, carried by the next
+            gap_end = b.groupby("tid")["gap_short_end"].shift(-1).fillna(0).to_numpy(dtype=np.int64)
+            b["window_end"] = np.maximum(b["end"].to_numpy(), np.minimum(gap_end, b["next_ts"].to_numpy()))
         for tid, grp in b.groupby("tid"):
             st = stages[stages["tid"] == tid]
             if st.empty:
@@ -55,7 +64,7 @@ class BatchBreakdown:
             lo = np.searchsorted(st_ts, grp["end"].to_numpy(), side="left")
             hi = np.searchsorted(st_ts, grp["next_ts"].to_numpy(), side="left")
             ends = []
-            for a, z, e in zip(lo, hi, grp["end"].to_numpy()):
+            for a, z, e in zip(lo, hi, b.loc[grp.index, "window_end"].to_numpy()):
                 ends.append(max(e, st_end[a:z].max()) if z > a else e)
             b.loc[grp.index, "window_end"] = np.minimum(np.asarray(ends, dtype=np.int64), grp["next_ts"].to_numpy())
         return b
@@ -91,11 +100,33 @@ class BatchBreakdown:
             for i, name in enumerate(LABELS):
                 part[f"{name}_ns"] = owned[:, i]
             part["other_ns"] = part["window_ns"] - owned.sum(axis=1)
+            self._add_short_calls(part)
             out.append(part)
         df = pd.concat(out).sort_values("ts")
         df = df.drop(columns=[c for c in ("end", "next_ts", "window_end") if c in df.columns])
         self._per_batch = df.reset_index(drop=True)
         return self._per_batch
+
+    def _add_short_calls(self, part: pd.DataFrame) -> None:
+        """Move the time of short stage calls (carried as batch arguments) from other_ns to
+        their stages; `part` is one thread's batches in time order."""
+        short = np.zeros((len(part), len(STAGES)))
+        for i, name in enumerate(STAGES):
+            if f"short_ns.{name}" in part.columns:
+                short[:, i] += part[f"short_ns.{name}"].fillna(0).to_numpy(dtype=float)
+            if self.scope == "step" and f"gap_short_ns.{name}" in part.columns:
+                # the next batch carries the calls made after this one returned
+                short[:, i] += part[f"gap_short_ns.{name}"].shift(-1).fillna(0).to_numpy(dtype=float)
+        total = short.sum(axis=1)
+        if not total.any():
+            return
+        other = part["other_ns"].to_numpy(dtype=float)
+        # Never more than "other" holds (a short call that overlaps a written slice).
+        scale = np.where(total > other, np.clip(other, 0, None) / np.where(total > 0, total, 1), 1.0)
+        moved = np.floor(short * scale[:, None]).astype(np.int64)
+        for i, name in enumerate(STAGES):
+            part[f"{name}_ns"] = part[f"{name}_ns"].to_numpy() + moved[:, i]
+        part["other_ns"] = part["other_ns"].to_numpy() - moved.sum(axis=1)
 
     def shares(self) -> pd.Series:
         """Share of all batch time owned by each stage (sums to 1)."""

@@ -93,10 +93,12 @@ def attach_uprobe(bpf, target: "TargetProcess", probe: Uprobe, report: AttachRep
     place = probe_offset(path, sym, reads_args=tuple(r for r in probe.reads if r != "sp"))
     addr = sym.vaddr + place.offset  # bcc translates the virtual address to a file offset
     try:
-        if probe.entry:
-            bpf.attach_uprobe(name=path, addr=addr, fn_name=probe.entry, pid=target.pid)
+        # The return probe first: every call whose entry is seen then has its return seen too
+        # (a return without its entry is ignored; an entry without its return would stay open).
         if probe.ret:
             bpf.attach_uretprobe(name=path, addr=addr, fn_name=probe.ret, pid=target.pid)
+        if probe.entry:
+            bpf.attach_uprobe(name=path, addr=addr, fn_name=probe.entry, pid=target.pid)
     except Exception as exc:  # bcc raises plain Exception
         report.failed.append((probe.what, f"attach failed on {sym.name}: {str(exc).splitlines()[0]}"))
         return False

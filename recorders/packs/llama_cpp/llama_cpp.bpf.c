@@ -1,6 +1,9 @@
 // llama.cpp probe pack: one record per llama_decode call (a batch), with its
 // workload attributes computed in the kernel, plus one record per inner stage
-// call (graph compute, sampling, tokenization, detokenization).
+// call (graph compute, sampling, tokenization, detokenization). Stage calls
+// shorter than LLAMA_MIN_STAGE_NS are not written one by one: each thread sums
+// them per stage, and its next llama_decode record carries the sums (those since
+// the previous decode returned, and those inside the call).
 //
 // x86-64 ABI detail: llama_decode(struct llama_context *, struct llama_batch)
 // takes the 56-byte llama_batch BY VALUE; the SysV ABI passes it in memory, so
@@ -10,6 +13,7 @@
 #define LLAMA_CHUNK 256         // tokens one tail-called program inspects (keeps the verifier happy)
 #define LLAMA_MAX_CHUNKS 32     // at most 32 tail calls: 8192 tokens; more are counted as truncated
 #define LLAMA_MAX_SEQ 64        // sequence ids tracked per batch (ids are folded modulo this)
+#define LLAMA_SLOTS 8           // stage ids 1..7 (pack.py's STAGES)
 
 struct llama_batch_abi {        // struct llama_batch, x86-64 layout
     s32 n_tokens;
@@ -38,6 +42,23 @@ struct llama_event {
     u32 seq_mask_lo;            // bit i set: sequence id i (< 32) is in the batch
     u32 prefill_mask_lo;        // bit i set: sequence id i (< 32) brings more than one token
     u32 _pad;
+    u64 gap_short_end;          // end of the last short stage call in the gap (0: none)
+    u32 gap_short_ns[LLAMA_SLOTS];  // per stage id: short calls since this thread's previous decode returned
+    u32 short_ns[LLAMA_SLOTS];      // per stage id: short calls inside this llama_decode
+};
+
+struct llama_stage_event {      // one stage call at least LLAMA_MIN_STAGE_NS long
+    u64 ts_start;
+    u64 ts_end;
+    u32 tid;
+    u32 kind;                   // stage id
+};
+
+// Per thread of the target: its open stage calls and the short calls no batch has taken yet.
+struct llama_thread {
+    u64 open_ts[LLAMA_SLOTS];   // entry time of the open call of each stage id (0: none)
+    u64 short_ns[LLAMA_SLOTS];  // short calls not nested in another stage call, per stage id
+    u64 short_end;              // end of the last of them
 };
 
 struct llama_seq_scratch {     // per-CPU scratch: the BPF stack is only 512 bytes
@@ -58,12 +79,12 @@ BPF_PERCPU_ARRAY(llama_stage_lost, u64, 1);
 BPF_PERCPU_ARRAY(llama_scratch, struct llama_seq_scratch, 1);
 BPF_PERCPU_ARRAY(llama_lost, u64, 1);
 BPF_HASH(llama_open_batch, u32, struct llama_event, 1024);
-BPF_HASH(llama_open_stage, u64, u64, 4096);      // (tid << 8 | stage) -> entry ts
+BPF_TABLE("lru_hash", u32, struct llama_thread, llama_threads, 4096);  // tid -> its stage state
 struct llama_short { u64 count; u64 ns; };
 // Stage calls shorter than LLAMA_MIN_STAGE_NS (defined by pack.py), per stage id: counted
 // and timed here, not written one by one (llama_synchronize and common_token_to_piece
 // take 1-2 us, a few calls per sequence per batch: most of the stage records).
-BPF_PERCPU_ARRAY(llama_short_stages, struct llama_short, 16);
+BPF_PERCPU_ARRAY(llama_short_stages, struct llama_short, LLAMA_SLOTS);
 BPF_PROG_ARRAY(llama_progs, 2);                  // 0: llama_tokens_chunk, 1: llama_batch_fold
 struct llama_wake {
     u32 per_batch;              // 1: someone watches batches live: wake at every batch end
@@ -72,6 +93,19 @@ struct llama_wake {
     u64 last;                   // last forced wakeup
 };
 BPF_ARRAY(llama_wake, struct llama_wake, 1);     // set by pack.py (set_live)
+
+// Move a thread's short-call sums into a batch record (and clear them).
+static __always_inline void llama_take_short(u32 tid, u32 *ns, u64 *end) {
+    struct llama_thread *t = llama_threads.lookup(&tid);
+    if (!t) return;
+    #pragma clang loop unroll(full)
+    for (int k = 0; k < LLAMA_SLOTS; k++) {
+        ns[k] = t->short_ns[k] > 0xffffffffULL ? 0xffffffffU : (u32)t->short_ns[k];
+        t->short_ns[k] = 0;
+    }
+    if (end) *end = t->short_end;
+    t->short_end = 0;
+}
 
 static __always_inline void llama_count_lost(void) {
     int zero = 0;
@@ -90,6 +124,7 @@ int llama_decode_enter(struct pt_regs *ctx) {
     struct llama_event *e = &s->ev;
     e->ts_start = bpf_ktime_get_ns();
     e->tid = tid;
+    llama_take_short(tid, e->gap_short_ns, &e->gap_short_end);
     if (bpf_probe_read_user(&s->b, sizeof(s->b), (void *)(PT_REGS_SP(ctx) + 8)) != 0) {
         e->n_tokens = -1;
         llama_open_batch.update(&tid, e);
@@ -190,6 +225,7 @@ int llama_decode_return(struct pt_regs *ctx) {
     __builtin_memcpy(ev, open, sizeof(*ev));
     ev->ts_end = bpf_ktime_get_ns();
     ev->ret = (s32)PT_REGS_RC(ctx);
+    llama_take_short(tid, ev->short_ns, 0);
     // A finished batch is what an online detector waits for: wake the consumer now. With
     // nobody watching live, wake it at the first batch end a poll interval after the last
     // wakeup: the recorder then drains every buffer while the engine samples and sends
@@ -210,46 +246,60 @@ int llama_decode_return(struct pt_regs *ctx) {
 static __always_inline int llama_stage_enter(u32 stage) {
     u64 id = bpf_get_current_pid_tgid();
     if ((id >> 32) != TARGET_PID) return 0;
-    u64 key = ((id & 0xffffffff) << 8) | stage;
-    u64 ts = bpf_ktime_get_ns();
-    llama_open_stage.update(&key, &ts);
+    u32 tid = (u32)id;
+    struct llama_thread *t = llama_threads.lookup(&tid);
+    if (!t) {
+        struct llama_thread fresh = {};
+        llama_threads.update(&tid, &fresh);
+        t = llama_threads.lookup(&tid);
+        if (!t) return 0;
+    }
+    t->open_ts[stage & (LLAMA_SLOTS - 1)] = bpf_ktime_get_ns();
     return 0;
 }
 
 static __always_inline int llama_stage_return(u32 stage) {
     u64 id = bpf_get_current_pid_tgid();
     if ((id >> 32) != TARGET_PID) return 0;
-    u64 key = ((id & 0xffffffff) << 8) | stage;
-    u64 *start = llama_open_stage.lookup(&key);
+    u32 tid = (u32)id;
+    struct llama_thread *t = llama_threads.lookup(&tid);
+    if (!t) return 0;
+    u32 slot = stage & (LLAMA_SLOTS - 1);
+    u64 start = t->open_ts[slot];
     if (!start) return 0;
+    t->open_ts[slot] = 0;
     u64 now = bpf_ktime_get_ns();
-    if (now - *start < LLAMA_MIN_STAGE_NS) {
-        u32 slot = stage & 15;
+    if (now - start < LLAMA_MIN_STAGE_NS) {
         struct llama_short *sh = llama_short_stages.lookup(&slot);
         if (sh) {
             sh->count += 1;             // per-CPU slot: no other writer
-            sh->ns += now - *start;
+            sh->ns += now - start;
         }
-        llama_open_stage.delete(&key);
+        // A call nested in another stage call is part of that call's time already.
+        int nested = 0;
+        #pragma clang loop unroll(full)
+        for (int k = 0; k < LLAMA_SLOTS; k++)
+            if (t->open_ts[k]) nested = 1;
+        if (!nested) {
+            t->short_ns[slot] += now - start;
+            t->short_end = now;
+        }
         return 0;
     }
-    struct llama_event *ev = llama_stage_events.ringbuf_reserve(sizeof(struct llama_event));
+    struct llama_stage_event *ev = llama_stage_events.ringbuf_reserve(sizeof(struct llama_stage_event));
     if (!ev) {
         int zero = 0;
         u64 *lost = llama_stage_lost.lookup(&zero);
         if (lost) (*lost)++;
-        llama_open_stage.delete(&key);
         return 0;
     }
-    __builtin_memset(ev, 0, sizeof(*ev));
-    ev->ts_start = *start;
+    ev->ts_start = start;
     ev->ts_end = now;
-    ev->tid = (u32)id;
+    ev->tid = tid;
     ev->kind = stage;
     // No wakeup: the recorder drains stages every poll interval (200 ms); 1 MiB holds
     // minutes of them.
     llama_stage_events.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
-    llama_open_stage.delete(&key);
     return 0;
 }
 

@@ -17,6 +17,10 @@ are counted and timed in the kernel, not written as slices: llama_synchronize an
 common_token_to_piece take 1-2 us and were 60% of the stage records. The metadata's
 `stage.<name>` counts the written slices and `stage.<name>.short` the other calls; an instant
 `llama_cpp.short_stages` (category metadata) at the end gives their calls and total ns.
+Their time still reaches the batches: each thread sums its short calls (those not nested
+in another stage call) per stage, and its next llama_decode slice carries the sums as
+`gap_short_ns.<stage>` (since the thread's previous decode returned: the previous step's
+sampling and detokenization) and `short_ns.<stage>` (inside the call), with `gap_short_end`.
 """
 from __future__ import annotations
 
@@ -52,8 +56,10 @@ DECODE = Uprobe("llama_decode", "libllama", ("llama_decode",), entry="llama_deco
                 ret="llama_decode_return", reads=("sp",))
 
 
-# a stage record: the head of struct llama_event it fills (ts_start, ts_end, tid, kind), 72 bytes in all
-STAGE_HEAD = struct.Struct("=QQII48x")
+# a stage record, struct llama_stage_event: ts_start, ts_end, tid, kind
+STAGE_HEAD = struct.Struct("=QQII")
+SLOTS = 8  # LLAMA_SLOTS: stage ids 1..7
+assert max(STAGES) < SLOTS
 
 
 class LlamaEvent(ct.Structure):
@@ -62,11 +68,12 @@ class LlamaEvent(ct.Structure):
         ("n_tokens", ct.c_int32), ("n_seqs", ct.c_int32), ("n_prefill_tokens", ct.c_int32),
         ("n_decode_tokens", ct.c_int32), ("kv_tokens", ct.c_int64), ("n_outputs", ct.c_int32),
         ("ret", ct.c_int32), ("truncated", ct.c_uint32), ("seq_mask_lo", ct.c_uint32),
-        ("prefill_mask_lo", ct.c_uint32), ("_pad", ct.c_uint32),
+        ("prefill_mask_lo", ct.c_uint32), ("_pad", ct.c_uint32), ("gap_short_end", ct.c_uint64),
+        ("gap_short_ns", ct.c_uint32 * SLOTS), ("short_ns", ct.c_uint32 * SLOTS),
     ]
 
 
-assert STAGE_HEAD.size == ct.sizeof(LlamaEvent)
+assert ct.sizeof(LlamaEvent) == 144
 
 
 @dataclass(eq=False, slots=True)
@@ -222,6 +229,13 @@ class LlamaCppPack(ProbePack):
         }
         if ev.truncated:
             args["truncated_tokens"] = ev.truncated
+        for stage_id, (name, _spec) in STAGES.items():
+            if ev.gap_short_ns[stage_id]:
+                args[f"gap_short_ns.{name}"] = ev.gap_short_ns[stage_id]
+            if ev.short_ns[stage_id]:
+                args[f"short_ns.{name}"] = ev.short_ns[stage_id]
+        if ev.gap_short_end:
+            args["gap_short_end"] = ev.gap_short_end
         return args
 
     def _on_stage(self, ts_start: int, ts_end: int, tid: int, kind: int) -> None:
