@@ -551,7 +551,4 @@ def test_cli_load_ctrl_c_keeps_completed_requests(server, tmp_path):
     assert (df["status"] == "cancelled").sum() <= 2  # at most the requests in flight
     assert (ok["output_tokens"] == 48).all() and (ok["prompt_tokens"] == 16).all()
     assert f"{len(df)} requests sent, {len(ok)} ok" in stdout
-    if "Traceback" in stderr:  # everything else held; this part is a known bug
-        pytest.xfail("bug: runner._drive leaves the gather() futures it waits on unretrieved; when Ctrl-C "
-                     "cancels requests in flight asyncio prints '_GatheringFuture exception was never "
-                     "retrieved' with a traceback")
+    assert "Traceback" not in stderr, stderr

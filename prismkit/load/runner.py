@@ -184,9 +184,15 @@ async def _drive(host, port, specs, bodies, results, concurrency, max_in_flight,
         gathers.append(asyncio.gather(*tasks, return_exceptions=True))
         await asyncio.wait([waiter, gathers[1]], return_when=asyncio.FIRST_COMPLETED)
     interrupted = stop.is_set()
-    for t in [*drivers, *tasks, waiter, ticker, *gathers]:
+    # Cancel the tasks, never the gather()s: a gather cancelled while a child swallows its
+    # cancellation (a request records itself as 'cancelled' and returns) ends holding a
+    # CancelledError as its exception, which asyncio logs with a traceback if nobody reads it.
+    pending = [*drivers, *tasks, waiter, ticker]
+    for t in pending:
         t.cancel()
-    await asyncio.gather(*drivers, *tasks, waiter, ticker, *gathers, return_exceptions=True)
+    await asyncio.gather(*pending, return_exceptions=True)
+    for g in gathers:  # done with their children; with return_exceptions they hold results
+        await g
     return interrupted
 
 
