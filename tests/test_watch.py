@@ -3,7 +3,8 @@
 One in-process watch session (module fixture) learns its baseline during a
 short warm-up under load that spans the workload (concurrency 1 and 4), then:
 an injected stall gives exactly one alert episode, opened within the latency
-goal and resolved after the fault; a concurrency step x4 gives none; the
+goal and resolved after the fault; a concurrency step x4 gives none of its own
+(an alert for a slowdown the workload does not explain is allowed, see the test); the
 webhook receives the alert; the Prometheus endpoint parses and its counters
 match the trace. Then `prism watch` as a subprocess: Ctrl-C leaves a valid
 trace and a summary; --follow-port re-attaches after the server restarts.
@@ -21,6 +22,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import REPO, free_port, require
@@ -193,13 +195,40 @@ def test_webhook_receives_the_alert(session):
     assert hook.failed == 0
 
 
-@pytest.mark.xfail(strict=False, reason="issue 7 open: the alerts during x4 steps are real slowdowns, not the model "
-                   "extrapolating (observed/expected of x4 batches: median 1.0-1.05 when the warm-up ran x4, 0.5-0.8 "
-                   "when it had not): other "
-                   "sessions' servers and tests preempting ours on this shared box (3-400x), and with the server's "
-                   "compute on a CPU of its own still 1.05-1.3x stretches of 0.2-1 s with no preemption seen (2 of 6 "
-                   "steps in one session; the test failed 1 of 4 module runs)")
+def _same_workload_ratio(batches, ep: dict, t0: int, t1: int) -> tuple[float, int]:
+    """How much slower an episode's batches ran than batches of the same workload (n_tokens,
+    n_seqs, kv_tokens within 25%) outside it in [t0, t1]: the median ratio, and how many of its
+    batches had at least 5 such peers. No model involved: the workload's own latency, measured."""
+    b = batches[(batches["ts"] >= t0) & (batches["ts"] <= t1)]
+    inside = (b["ts"] >= ep["start_ns"]) & (b["ts"] <= ep["end_ns"])
+    peers = b[~inside]
+    ratios = []
+    for _, r in b[inside].iterrows():
+        same = peers[(peers["n_tokens"] == r["n_tokens"]) & (peers["n_seqs"] == r["n_seqs"])
+                     & ((peers["kv_tokens"] - r["kv_tokens"]).abs() <= 0.25 * r["kv_tokens"] + 16)]
+        if len(same) >= 5:
+            ratios.append(r["dur"] / same["dur"].median())
+    return (float(np.median(ratios)) if ratios else float("nan")), len(ratios)
+
+
+@pytest.mark.xfail(strict=False, reason="issue 7 open: some steps still raise an alert the workload explains "
+                   "(its batches as fast as same-workload batches elsewhere in the step: the model's error, e.g. "
+                   "expected 15.4 ms for a shape its 41 peers ran in 20 ms), or a persistent one for a 5% drift "
+                   "(120 batches at 1.055x after the step: the 5% enter-limit floor is below what an SLO cares "
+                   "about): it failed 4 of 15 standalone runs on 2026-11-24; the other alerts seen were real slowdowns")
 def test_concurrency_step_gives_no_alert(session):
+    """A x4 workload step raises no alert of its own.
+
+    On this shared VM the server's batches sometimes run 1.2-2.8x slower for 0.2-1 s with
+    no preemption, no off-CPU time and the same workload just before and after (a host-side
+    slowdown the guest cannot see); the detector rightly flags those. So an alert during the
+    step is accepted only when it is such a slowdown: its batches ran at least 1.1x slower
+    than batches of the same workload elsewhere in the step, measured without the model. An
+    alert the workload explains (its batches as fast as their peers: the model mispredicted the
+    new workload) fails the test, as does any alert covering more than 10% of the step.
+    """
+    from prismkit.trace import load_trace
+
     w = session["w"]
     start = time.monotonic() + 3.0
     gen = _load_from(session["info"].url, 8, 3, seed=5, start_s=start)   # 1 -> 4 requests in flight (x4)
@@ -210,9 +239,22 @@ def test_concurrency_step_gives_no_alert(session):
     time.sleep(2.5)
     w.poll()
     eps = [e for e in _overlapping(w, t0, t1) if e["trigger"] == "persistent" or e["batches"]["flagged"] > 2]
-    assert eps == [], [{k: e.get(k) for k in ("trigger", "batches", "slowdown", "max_ratio", "observed_ms", "expected_ms",
-                                              "duration_ms", "causes")} | {"at_s": (e["start_ns"] - t0) / 1e9}
-                       for e in eps]
+    if not eps:
+        return
+    batches = load_trace(w.traces[0]).batches   # the live trace, as written so far
+    step = batches[(batches["ts"] >= t0) & (batches["ts"] <= t1)]
+    assert len(step) > 100
+    details = []
+    for e in eps:
+        ratio, n = _same_workload_ratio(batches, e, t0, t1)
+        details.append({k: e.get(k) for k in ("trigger", "batches", "slowdown", "max_ratio", "observed_ms",
+                                              "expected_ms", "duration_ms", "causes")}
+                       | {"at_s": (e["start_ns"] - t0) / 1e9, "vs_same_workload": ratio, "n_compared": n})
+    print("alerts during the step:", details)
+    for d in details:
+        assert d["n_compared"] >= 3 and d["vs_same_workload"] >= 1.1, ("an alert the workload explains", d, details)
+    flagged = sum(e["batches"]["flagged"] for e in eps)
+    assert flagged <= 0.1 * len(step), (flagged, len(step), details)
 
 
 def test_prometheus_endpoint_matches_trace(session):
