@@ -346,6 +346,9 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
                    help="add prismkit.rootcause's ranked causes to each alert (reloads the growing trace, off the alert path)")
     p.add_argument("--min-excess-ms", type=float, default=2.0,
                    help="alert once an anomaly has cost this much batch time (ms) beyond the expected")
+    p.add_argument("--min-slowdown", type=float, default=0.10,
+                   help="open an anomaly only on batches at least this much slower than expected (0.10: 10%%; "
+                        "the detector's own floor is 0.05)")
     p.add_argument("--nice", type=int, default=None,
                    help="autogroup nice of the watcher (e.g. -10: alerts stay fast on a loaded machine)")
     p.add_argument("--live-priority", type=int, default=0,
@@ -373,6 +376,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
             re.compile(args.follow_cmd)
         except re.error as exc:
             raise PrismError(f"--follow-cmd is not a valid regular expression: {exc}") from None
+    if not 0 <= args.min_slowdown < 10:
+        raise PrismError(f"--min-slowdown is a fraction of the expected latency, e.g. 0.1 (got {args.min_slowdown})")
     if not 0 <= args.live_priority <= 99:
         raise PrismError(f"--live-priority must be 0-99 (got {args.live_priority})")
     pid = default_pid(args.pid)
@@ -381,7 +386,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                       prometheus_port=args.prometheus_port, warmup_s=args.warmup, follow_port=args.follow_port,
                       follow_cmd=args.follow_cmd,
                       poll_ms=args.poll_ms, causes=not args.no_causes, verbose=not args.quiet,
-                      nice=args.nice, min_excess_ms=args.min_excess_ms,
+                      nice=args.nice, min_excess_ms=args.min_excess_ms, min_slowdown=args.min_slowdown,
                       rca=args.rca, live_rt_priority=args.live_priority or None, syscalls=args.syscalls)
     return run_watch(cfg)
 

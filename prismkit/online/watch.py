@@ -61,6 +61,9 @@ class WatchConfig:
     rca: bool = False                               # also prismkit.rootcause on the growing trace (enrichment thread)
     resolve_after_s: float = 1.0                    # anomalies closer than this are one alert episode
     min_excess_ms: float = 2.0                      # alert once an anomaly has cost this much batch time
+    min_slowdown: float = 0.10                      # an anomaly opens on batches at least this much slower than
+                                                    # expected (the detector's enter-limit floor, 0.05 offline):
+                                                    # a 5% drift after a workload change is not worth a page
     inline: bool = True                             # detect in the recorder's batch callback (else: a queue + thread)
     switch_interval_s: float | None = 0.001         # GIL switch interval: other threads give the recorder the GIL sooner
     live_rt_priority: int | None = None             # SCHED_FIFO for the recorder's live thread (None: normal; see cli)
@@ -257,6 +260,8 @@ class Watcher:
         from prismkit.detect.detector import DetectorConfig, OnlineDetector
 
         cfg = DetectorConfig().replace(**self.cfg.detector) if self.cfg.detector else DetectorConfig()
+        if "min_limit" not in self.cfg.detector and self.cfg.min_slowdown > cfg.min_limit:
+            cfg = cfg.replace(min_limit=self.cfg.min_slowdown)
         self.detector = OnlineDetector(model, cfg)
         self.model = model
         self.state = "watching"
