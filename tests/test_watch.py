@@ -355,6 +355,7 @@ def test_follow_reattaches(bpf_ok, tmp_path, follow):
     (["--follow-cmd", "("], "--follow-cmd is not a valid regular expression"),
     (["--follow-cmd", "x", "--follow-port", "1"], "not both"),
     (["--live-priority", "100"], "--live-priority must be 0-99"),
+    (["--min-slowdown", "-0.2"], "--min-slowdown is a fraction"),
     (["--webhook", "ftp://x/"], "webhook URL must be http(s)"),
 ])
 def test_bad_watch_options_give_one_line(args, message, tmp_path):
