@@ -36,22 +36,23 @@ def busy_python() -> str:
     return str(path)
 
 
-def start_busy(cpus: list[int], per_cpu: int = 1) -> list[subprocess.Popen]:
+def start_busy(cpus: list[int], per_cpu: int = 1, autogroup_nice: int | None = None) -> list[subprocess.Popen]:
     """CPU hogs pinned one per CPU in `cpus`, named prism-busy, each in a session of its own.
 
     Why a session of its own: with autogroup scheduling (Debian's default) a hog in pytest's
     session shares that group's CPU share with the load generator, and the server, in a group
     of its own, lost only a few ms to the hogs in some runs (7 ms in 3 s).
-    Why a higher weight for that session (autogroup nice -5, about 3x a default group's): at
-    equal weights the server's threads, which sleep between requests and preempt a hog when
-    they wake, lost 19-550 ms to the hogs in 3 s (16, 9 and 68 preemptions in three runs).
+    autogroup_nice: that session's weight. The contended recording uses -5 (about 3x a default
+    group's): at equal weights the server's threads, which sleep between requests and preempt a
+    hog when they wake, lost 19-550 ms to the hogs in 3 s (16, 9 and 68 preemptions in three runs).
     """
     procs = []
     for cpu in cpus:
         for _ in range(per_cpu):
             procs.append(subprocess.Popen([busy_python(), "-S", "-c", BUSY], start_new_session=True,
                                           preexec_fn=lambda c=cpu: os.sched_setaffinity(0, {c})))
-            set_autogroup_nice(procs[-1].pid, HOG_AUTOGROUP_NICE)
+            if autogroup_nice is not None:
+                set_autogroup_nice(procs[-1].pid, autogroup_nice)
     return procs
 
 
@@ -106,7 +107,7 @@ def contended(server, bpf_ok, tmp_path_factory):
         specs = lambda n, seed: closed_loop(n, parse_length_dist("fixed:32"), parse_length_dist("fixed:32"), seed=seed)
         run_load(server.url, specs(1000, 1), concurrency=4, duration_s=1.0, progress=False)
         t0 = time.monotonic_ns()
-        busy = start_busy(cpus)
+        busy = start_busy(cpus, autogroup_nice=HOG_AUTOGROUP_NICE)
         run_load(server.url, specs(1000, 2), concurrency=4, duration_s=3.0, progress=False)
         busy_window = (t0, time.monotonic_ns())
     finally:
