@@ -292,14 +292,19 @@ def test_sigint_leaves_valid_trace_and_summary(wserver, tmp_path):
     _srv, info = wserver
     out = tmp_path / "w.pftrace"
     load = _load(info.url, 20, 2)
+    # --nice sets the autogroup of the session, which the watcher shares with this process
+    # (as with the shell that starts it): it must be restored when the watch ends.
+    group_before = Path("/proc/self/autogroup").read_text()
     p = subprocess.Popen([PY, "-m", "prismkit.cli", "watch", "--pid", str(info.pid), "--warmup", "3", "-o", str(out),
-                          "--no-causes"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "--no-causes", "--nice", "-3"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
     time.sleep(6)
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=60)
     load.terminate()
     load.wait()
     assert p.returncode == 0, stderr[-2000:]
+    assert Path("/proc/self/autogroup").read_text() == group_before
     assert "prism watch: stopped (sigint)" in stdout, stdout
     assert "learning a baseline" in stderr
     t = load_trace(out)

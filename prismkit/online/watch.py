@@ -207,6 +207,7 @@ class Watcher:
         self.detect_ns: deque = deque(maxlen=100_000)   # detector-thread time per batch
         self.stop_reason: str | None = None
         self._stop = threading.Event()
+        self._autogroup_before: int | None = None   # the session's autogroup nice before cfg.nice
         self.messages: deque = deque(maxlen=50)
         self.restarts = 0
         self._old_pids: set[int] = set()  # targets that exited (never re-attach to them)
@@ -384,9 +385,12 @@ class Watcher:
         if self.cfg.switch_interval_s:
             sys.setswitchinterval(self.cfg.switch_interval_s)
         if self.cfg.nice is not None:
+            # The autogroup is the whole session's (the shell that started us too): restored by stop().
             try:
+                before = Path("/proc/self/autogroup").read_text().split("nice")[1].strip()
                 Path("/proc/self/autogroup").write_text(str(int(self.cfg.nice)))
-            except OSError as exc:
+                self._autogroup_before = int(before)
+            except (OSError, IndexError, ValueError) as exc:
                 self._say(f"could not set the watcher's priority: {exc}")
         if self.cfg.model:
             from prismkit.detect.model import WorkloadModel
@@ -490,6 +494,12 @@ class Watcher:
         self._det_thread.join(10)
         self.alerts.close_now()   # an episode still open at the end is resolved with the session
         self.alerts.close()
+        if self._autogroup_before is not None:
+            try:
+                Path("/proc/self/autogroup").write_text(str(self._autogroup_before))
+            except OSError:
+                pass
+            self._autogroup_before = None
         self.state = "stopped"
         self.metrics.close()
         return self.summary()
