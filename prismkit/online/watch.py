@@ -386,12 +386,13 @@ class Watcher:
             sys.setswitchinterval(self.cfg.switch_interval_s)
         if self.cfg.nice is not None:
             # The autogroup is the whole session's (the shell that started us too): restored by stop().
-            try:
-                before = Path("/proc/self/autogroup").read_text().split("nice")[1].strip()
-                Path("/proc/self/autogroup").write_text(str(int(self.cfg.nice)))
-                self._autogroup_before = int(before)
-            except (OSError, IndexError, ValueError) as exc:
-                self._say(f"could not set the watcher's priority: {exc}")
+            from prismkit.detect.scenarios import autogroup_nice, set_autogroup_nice
+
+            before = autogroup_nice(os.getpid())
+            if before is not None and set_autogroup_nice(os.getpid(), self.cfg.nice):
+                self._autogroup_before = before
+            else:
+                self._say("could not set the watcher's priority (no /proc/self/autogroup, or not allowed)")
         if self.cfg.model:
             from prismkit.detect.model import WorkloadModel
 
@@ -495,10 +496,9 @@ class Watcher:
         self.alerts.close_now()   # an episode still open at the end is resolved with the session
         self.alerts.close()
         if self._autogroup_before is not None:
-            try:
-                Path("/proc/self/autogroup").write_text(str(self._autogroup_before))
-            except OSError:
-                pass
+            from prismkit.detect.scenarios import set_autogroup_nice
+
+            set_autogroup_nice(os.getpid(), self._autogroup_before)
             self._autogroup_before = None
         self.state = "stopped"
         self.metrics.close()
