@@ -34,7 +34,6 @@ from pathlib import Path
 from ...target import TargetProcess
 from ..base import AttachReport, ProbePack, Uprobe, attach_uprobe
 
-BATCH_KIND = 0
 # Stages that run on the engine loop thread, around or inside llama_decode.
 ENGINE_LOOP_STAGES = {"graph_compute", "sample", "detokenize", "synchronize"}
 STAGES = {  # stage id -> (stage name, probe spec)
@@ -191,11 +190,8 @@ class LlamaCppPack(ProbePack):
     def _on_record(self, _cpu, data, _size) -> None:
         """On the engine's live thread: copy the record, show a batch to the live observers
         (the online detector) at once, and leave the writing to the polling thread."""
-        ev = LlamaEvent()
+        ev = LlamaEvent()  # (this buffer holds batches only: stages have llama_stage_events)
         ct.memmove(ct.addressof(ev), data, ct.sizeof(LlamaEvent))
-        if ev.kind != BATCH_KIND:
-            self._ctx.defer(self._on_stage, ev.ts_start, ev.ts_end, ev.tid, ev.kind)
-            return
         self.batches += 1
         seen = None
         if self._ctx.live_observers:  # (with none, the writing thread builds it)
