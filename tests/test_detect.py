@@ -258,6 +258,50 @@ def test_prism_eval_detect_prints_both_baselines(tmp_path, model):
     assert bad.returncode != 0 and "does not exist" in bad.stderr
 
 
+# -- CPU weight, with and without an autogroup ----------------------------------------------------
+
+def test_cpu_weight_with_and_without_an_autogroup():
+    """set_cpu_weight uses the session's autogroup where there is one and each thread's nice where
+    there is none (a CI runner started straight from PID 1 is in the root group: its
+    /proc/self/autogroup is empty), and its undo restores what was there."""
+    import sys
+    import time
+
+    from prismkit.detect.scenarios import autogroup_nice, set_cpu_weight, set_threads_nice
+
+    require(os.geteuid() == 0, "root (negative nice)")
+    assert Path("/proc/2/autogroup").read_text().strip() == ""    # kthreadd: the root group
+    assert autogroup_nice(2) is None
+    assert autogroup_nice(999_999_999) is None
+
+    child = subprocess.Popen([sys.executable, "-c", "import threading, time\n"
+                              "threading.Thread(target=time.sleep, args=(60,)).start()\ntime.sleep(60)"],
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(os.listdir(f"/proc/{child.pid}/task")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
+        assert len(tids) == 2
+        group = autogroup_nice(child.pid)
+        assert group == 0                                   # a new session: its own autogroup
+        undo = set_cpu_weight(child.pid, -4)
+        assert undo is not None and autogroup_nice(child.pid) == -4
+        assert all(os.getpriority(os.PRIO_PROCESS, t) == 0 for t in tids)
+        undo()
+        assert autogroup_nice(child.pid) == 0
+
+        undo = set_threads_nice(child.pid, 7)               # the path taken where there is no autogroup
+        assert undo is not None
+        assert [os.getpriority(os.PRIO_PROCESS, t) for t in tids] == [7, 7]
+        assert autogroup_nice(child.pid) == 0
+        undo()
+        assert [os.getpriority(os.PRIO_PROCESS, t) for t in tids] == [0, 0]
+    finally:
+        child.kill()
+        child.wait()
+
+
 # -- a fresh recording with a real injected fault ----------------------------------------------------
 
 @pytest.mark.server

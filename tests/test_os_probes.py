@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import require
-from prismkit.detect.scenarios import set_autogroup_nice
+from prismkit.detect.scenarios import set_cpu_weight
 
 BUSY_COMM = "prism-busy"
 BUSY = "while True:\n    pass\n"
@@ -52,7 +52,7 @@ def start_busy(cpus: list[int], per_cpu: int = 1, autogroup_nice: int | None = N
             procs.append(subprocess.Popen([busy_python(), "-S", "-c", BUSY], start_new_session=True,
                                           preexec_fn=lambda c=cpu: os.sched_setaffinity(0, {c})))
             if autogroup_nice is not None:
-                set_autogroup_nice(procs[-1].pid, autogroup_nice)
+                set_cpu_weight(procs[-1].pid, autogroup_nice)
     return procs
 
 

@@ -293,8 +293,10 @@ def test_sigint_leaves_valid_trace_and_summary(wserver, tmp_path):
     out = tmp_path / "w.pftrace"
     load = _load(info.url, 20, 2)
     # --nice sets the autogroup of the session, which the watcher shares with this process
-    # (as with the shell that starts it): it must be restored when the watch ends.
+    # (as with the shell that starts it): it must be restored when the watch ends. Where the session
+    # has no autogroup (CI started from PID 1) it sets the watcher's threads' nice instead.
     group_before = Path("/proc/self/autogroup").read_text()
+    nice_before = os.getpriority(os.PRIO_PROCESS, 0)
     p = subprocess.Popen([PY, "-m", "prismkit.cli", "watch", "--pid", str(info.pid), "--warmup", "3", "-o", str(out),
                           "--no-causes", "--nice", "-3"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
@@ -305,6 +307,8 @@ def test_sigint_leaves_valid_trace_and_summary(wserver, tmp_path):
     load.wait()
     assert p.returncode == 0, stderr[-2000:]
     assert Path("/proc/self/autogroup").read_text() == group_before
+    assert os.getpriority(os.PRIO_PROCESS, 0) == nice_before
+    assert "could not set the watcher's CPU weight" not in stderr, stderr[-2000:]
     assert "prism watch: stopped (sigint)" in stdout, stdout
     assert "learning a baseline" in stderr
     t = load_trace(out)

@@ -26,11 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,11 +81,18 @@ def _tids(pid: int) -> list[int]:
 
 
 def autogroup_nice(pid: int) -> int | None:
+    """The nice of pid's autogroup, or None where it has none.
+
+    /proc/PID/autogroup is empty for a process in the root group: one whose
+    session never called setsid() since init (a CI runner started straight
+    from PID 1, say), or any process where autogroup is compiled out.
+    """
     try:
         text = Path(f"/proc/{pid}/autogroup").read_text()
     except OSError:
         return None
-    return int(text.split("nice")[1])
+    m = re.search(r"\bnice\s+(-?\d+)", text)
+    return int(m.group(1)) if m else None
 
 
 def set_autogroup_nice(pid: int, nice: int) -> bool:
@@ -94,8 +103,46 @@ def set_autogroup_nice(pid: int, nice: int) -> bool:
         return False
 
 
+def set_cpu_weight(pid: int, nice: int) -> Callable[[], None] | None:
+    """Give pid the CPU weight of `nice`; returns the undo, or None when it could not be set.
+
+    Where pid's session has an autogroup (Debian's default) the weight is the
+    autogroup's, which covers the whole session (the shell that started pid
+    too: callers must undo). Where it has none (see autogroup_nice) it is the
+    nice of each of pid's threads; threads that pid starts later inherit the
+    nice of the thread that starts them.
+    """
+    before = autogroup_nice(pid)
+    if before is not None and set_autogroup_nice(pid, nice):
+        return lambda: set_autogroup_nice(pid, before)
+    return set_threads_nice(pid, nice)
+
+
+def set_threads_nice(pid: int, nice: int) -> Callable[[], None] | None:
+    """Set the nice of each of pid's threads; returns the undo, or None when none could be set."""
+    saved: dict[int, int] = {}
+    for tid in _tids(pid):
+        try:
+            prio = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, int(nice))
+            saved[tid] = prio
+        except OSError:
+            pass
+    if not saved:
+        return None
+
+    def undo() -> None:
+        for tid, prio in saved.items():
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, prio)
+            except OSError:
+                pass
+
+    return undo
+
+
 def isolate(pid: int, cpus: set[int] | None = None, nice: int = -19, engine_only: bool = True):
-    """Give the server's engine thread `cpus` and raise its autogroup priority; returns an undo function.
+    """Give the server's engine thread `cpus` and its CPU weight `nice` (set_cpu_weight); returns an undo function.
 
     With `engine_only` (default) the engine loop thread (llama-server's main
     thread, the one that calls llama_decode) is pinned to `cpus` and every
@@ -112,8 +159,7 @@ def isolate(pid: int, cpus: set[int] | None = None, nice: int = -19, engine_only
             os.sched_setaffinity(tid, cpus if (tid == pid or not engine_only) else rest)
         except OSError:
             pass
-    before_nice = autogroup_nice(pid)
-    set_autogroup_nice(pid, nice)
+    undo_weight = set_cpu_weight(pid, nice)
 
     def undo() -> None:
         for tid, aff in before_aff.items():
@@ -121,8 +167,8 @@ def isolate(pid: int, cpus: set[int] | None = None, nice: int = -19, engine_only
                 os.sched_setaffinity(tid, aff)
             except OSError:
                 pass
-        if before_nice is not None:
-            set_autogroup_nice(pid, before_nice)
+        if undo_weight is not None:
+            undo_weight()
 
     return undo
 
@@ -158,7 +204,7 @@ class CpuHog:
             p = subprocess.Popen([sys.executable, "-c", _SPIN], stdin=subprocess.PIPE, start_new_session=True,
                                  preexec_fn=lambda: os.sched_setaffinity(0, cpus))
             self.procs.append(p)
-            set_autogroup_nice(p.pid, self.nice)
+            set_cpu_weight(p.pid, self.nice)
         time.sleep(0.5)   # let the interpreters start and block
         return self
 

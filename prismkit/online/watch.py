@@ -207,7 +207,7 @@ class Watcher:
         self.detect_ns: deque = deque(maxlen=100_000)   # detector-thread time per batch
         self.stop_reason: str | None = None
         self._stop = threading.Event()
-        self._autogroup_before: int | None = None   # the session's autogroup nice before cfg.nice
+        self._undo_nice = None                    # undoes cfg.nice (set_cpu_weight)
         self.messages: deque = deque(maxlen=50)
         self.restarts = 0
         self._old_pids: set[int] = set()  # targets that exited (never re-attach to them)
@@ -385,14 +385,14 @@ class Watcher:
         if self.cfg.switch_interval_s:
             sys.setswitchinterval(self.cfg.switch_interval_s)
         if self.cfg.nice is not None:
-            # The autogroup is the whole session's (the shell that started us too): restored by stop().
-            from prismkit.detect.scenarios import autogroup_nice, set_autogroup_nice
+            # Before any thread starts, so that where the weight is per thread (no autogroup) they inherit it.
+            # An autogroup is the whole session's (the shell that started us too): stop() undoes it.
+            from prismkit.detect.scenarios import set_cpu_weight
 
-            before = autogroup_nice(os.getpid())
-            if before is not None and set_autogroup_nice(os.getpid(), self.cfg.nice):
-                self._autogroup_before = before
-            else:
-                self._say("could not set the watcher's priority (no /proc/self/autogroup, or not allowed)")
+            self._undo_nice = set_cpu_weight(os.getpid(), self.cfg.nice)
+            if self._undo_nice is None:
+                self._say(f"could not set the watcher's CPU weight to nice {self.cfg.nice} (not allowed?); "
+                          "watching at the default")
         if self.cfg.model:
             from prismkit.detect.model import WorkloadModel
 
@@ -492,14 +492,13 @@ class Watcher:
         self._finish_recorder(reason)
         self.recorder = None
         self._q.put(None)
-        self._det_thread.join(10)
+        if self._det_thread.ident is not None:   # stop() also runs when start() failed before starting it
+            self._det_thread.join(10)
         self.alerts.close_now()   # an episode still open at the end is resolved with the session
         self.alerts.close()
-        if self._autogroup_before is not None:
-            from prismkit.detect.scenarios import set_autogroup_nice
-
-            set_autogroup_nice(os.getpid(), self._autogroup_before)
-            self._autogroup_before = None
+        if self._undo_nice is not None:
+            self._undo_nice()
+            self._undo_nice = None
         self.state = "stopped"
         self.metrics.close()
         return self.summary()
