@@ -350,8 +350,9 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
                    help="open an anomaly only on batches at least this much slower than expected (0.10: 10%%; "
                         "the detector's own floor is 0.05)")
     p.add_argument("--nice", type=int, default=None,
-                   help="autogroup nice of the watcher's session (e.g. -10: alerts stay fast on a loaded machine); "
-                        "restored when the watch ends")
+                   help="CPU weight of the watcher as a nice value (e.g. -10: alerts stay fast on a loaded machine): "
+                        "its session's autogroup nice, restored when the watch ends, or where the session has no "
+                        "autogroup its own threads' nice")
     p.add_argument("--live-priority", type=int, default=0,
                    help="SCHED_FIFO priority (1-99) for the recorder thread that sees each batch first and runs "
                         "the detector; 0 (default): normal scheduling. Real-time keeps alerts within milliseconds "
