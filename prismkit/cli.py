@@ -343,7 +343,8 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-causes", action="store_true", help="do not run cause analysis on an alert")
     p.add_argument("--syscalls", action="store_true", help="also record the syscalls pack (see prism record --help)")
     p.add_argument("--rca", action="store_true",
-                   help="add prismkit.rootcause's ranked causes to each alert (reloads the growing trace, off the alert path)")
+                   help="add prismkit.rootcause's ranked causes to each alert (reloads the growing trace in a process "
+                        "of its own at nice 19, off the alert path)")
     p.add_argument("--min-excess-ms", type=float, default=2.0,
                    help="alert once an anomaly has cost this much batch time (ms) beyond the expected")
     p.add_argument("--min-slowdown", type=float, default=0.10,

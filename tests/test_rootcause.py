@@ -210,3 +210,41 @@ def test_fresh_recording_top_causes(fresh):
     c = res.causes[(res.causes["anomaly_id"] == 0) & (res.causes["cause"] == "cpu_contention")]
     assert "top preemptors" in c["evidence"].iloc[0]
     assert res.timing["per_anomaly_total_s"] < 2.0   # (per: also the first lightgbm/shap import)
+
+
+def test_online_rca_runs_in_a_process_of_its_own():
+    """`prism watch --rca`: the root-cause analysis of an alert runs in a worker process (on a thread
+    of the watcher it held the GIL in C code for ~150 ms and delayed the next alert by as much), is
+    sent the baseline model once, ranks the labelled fault first, reports a failure as one error
+    and stays up, and ends with close()."""
+    import os
+
+    from prismkit import load_trace
+    from prismkit.detect import WorkloadModel
+    from prismkit.inject.labels import read_labels
+    from prismkit.online.causes import make_cause_fn
+
+    path = SAMPLES / "rca_stall.pftrace"
+    labels = read_labels(path.with_suffix(".labels.jsonl"))
+    batches = load_trace(path).batches
+    model = WorkloadModel().fit(batches[batches["ts"] < labels["start_ns"].min()])
+    fn = make_cause_fn(lambda: path, rca=True, model_fn=lambda: model, wait_s=0)
+    worker = fn.worker
+    try:
+        pid = worker.pid
+        assert pid is not None and pid != os.getpid()
+        for fault in labels.itertuples():
+            causes = fn({"pid": os.getpid(), "start_ns": int(fault.start_ns), "end_ns": int(fault.end_ns)})
+            ranked = [c for c in causes if c["source"] == "prismkit.rootcause"]
+            assert ranked and ranked[0]["cause"] == fault.scenario, causes
+            assert worker._sent is model and worker.pid == pid
+        with pytest.raises(RuntimeError, match="no_such"):
+            worker.causes(SAMPLES / "no_such.pftrace", 0, 1)
+        assert worker.pid == pid
+    finally:
+        fn.close()
+    assert worker.pid is None
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists()

@@ -550,9 +550,12 @@ class WorkloadModel:
         """Out-of-fold relative errors -> per-phase stats of the one-sided relative error."""
         n = len(X)
         k = max(2, min(self.cv_folds, n // 10))
-        # Interleaved blocks of 50 batches: folds see all workloads but not a batch's immediate neighbours.
-        fold = (np.arange(n) // 50) % k
-        oof = np.empty(n)
+        # Interleaved blocks of 50 batches: folds see all workloads but not a batch's immediate neighbours
+        # (shorter blocks when there are fewer than 50 per fold: with one block every fold was empty but
+        # the first, which was then never predicted).
+        block = min(50, max(1, n // k))
+        fold = (np.arange(n) // block) % k
+        oof = np.full(n, np.nan)
         for f in range(k):
             te = fold == f
             if te.all() or not te.any():

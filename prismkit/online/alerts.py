@@ -500,6 +500,9 @@ class AlertManager:
     def close(self) -> None:
         self._enrich_q.put(None)
         self._enricher.join(2.0)
+        close_causes = getattr(self.causes_fn, "close", None)
+        if close_causes is not None:
+            close_causes()          # e.g. the root-cause worker process
         for s in self.sinks:
             s.close()
 

@@ -1,8 +1,9 @@
 """Top causes of a live anomaly, computed off the hot path (the enrichment thread).
 
-If `prismkit.explain` is installed (the offline root-cause analysis), it is
-used on the recent window of the growing trace. Otherwise, and in addition,
-quick evidence from /proc over half a second of the open episode:
+With `rca` (`prism watch --rca`), the offline root-cause analysis
+(prismkit.rootcause) runs on the recent window of the growing trace, in a
+process of its own (RcaWorker). In addition, quick evidence from /proc over
+half a second of the open episode:
 
 - cpu_contention: other processes running on the server's CPUs (their CPU
   time) and the server's threads waiting in the run queue (schedstat);
@@ -12,7 +13,13 @@ quick evidence from /proc over half a second of the open episode:
 from __future__ import annotations
 
 import os
+import pickle
+import select
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 
 def _read(path: str) -> str:
@@ -138,24 +145,143 @@ def rootcause_causes(trace_path, start_ns: int, end_ns: int, window_s: float = 2
     return out
 
 
+# -- the root-cause analysis in a process of its own -----------------------------------------------
+class RcaWorker:
+    """rootcause_causes() in a process of its own (`python -m prismkit.online.causes`) at CPU weight `nice`.
+
+    The analysis (trace parsing, pandas, SHAP) holds the GIL in C code for up to
+    ~150 ms at a time. On a thread of the watcher it held back the recorder's live
+    thread, which needs the GIL to hand each batch to the detector: in `make demo`
+    the stall alert left 154 ms after its batch ended (alert_path_ms.to_observer)
+    instead of ~0.1 ms, because the previous episode's analysis was running.
+    A plain subprocess, not multiprocessing: its spawn re-runs the caller's main
+    module (a user's script or notebook), and fork is unsafe in a threaded process
+    that holds BPF objects. Requests and replies are pickles over the pipes; the
+    baseline model is sent only when it changes. One request at a time.
+
+    The worker has a session, hence an autogroup, of its own at nice 19: an analysis
+    takes about a second of CPU, which in the watcher's session (whose autogroup
+    `--nice` raises) would be taken from the server, maybe during the next fault.
+    At nice 19 it runs when the server leaves a CPU idle, so its causes may come
+    later on a saturated host.
+    """
+
+    def __init__(self, nice: int = 19, timeout_s: float = 120.0) -> None:
+        self.nice, self.timeout_s = nice, timeout_s
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._sent = None                # the model the worker holds (kept alive: its id() is the key)
+        self._start()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def _start(self) -> None:
+        from prismkit.detect.scenarios import set_cpu_weight
+
+        self._proc = subprocess.Popen([sys.executable, "-m", "prismkit.online.causes", "--worker"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                      cwd=str(Path(__file__).resolve().parents[2]), close_fds=True,
+                                      start_new_session=True)   # (Ctrl-C stops the watcher, which closes us)
+        set_cpu_weight(self._proc.pid, self.nice)
+        self._sent = None
+
+    def _stop(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def causes(self, trace_path, start_ns: int, end_ns: int, model=None) -> list[dict]:
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._start()            # first use after close(), or the worker died (OOM-killed, say)
+            send = model if (model is not None and self._sent is not model) else None
+            req = (str(trace_path), int(start_ns), int(end_ns), None if model is None else id(model), send)
+            try:
+                pickle.dump(req, self._proc.stdin)
+                self._proc.stdin.flush()
+                ready, _, _ = select.select([self._proc.stdout], [], [], self.timeout_s)
+                if not ready:
+                    raise TimeoutError(f"root-cause analysis took over {self.timeout_s:g}s")
+                ok, value = pickle.load(self._proc.stdout)
+            except (OSError, EOFError, TimeoutError, pickle.UnpicklingError):
+                self._stop()
+                raise
+            if not ok:
+                raise RuntimeError(value)
+            self._sent = model if model is not None else self._sent
+            return value
+
+    def close(self) -> None:
+        with self._lock:
+            if self._proc is not None:
+                try:
+                    self._proc.stdin.close()     # the worker exits at end of input
+                    self._proc.wait(5)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+                self._stop()
+
+
+def _worker_main() -> None:
+    """The RcaWorker's loop: a request per pickle on stdin, a (ok, causes | error) pickle on stdout."""
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)                        # a stray print must not corrupt the replies
+    import prismkit.rootcause  # noqa: F401  (seconds of imports: now, not at the first alert)
+
+    models: dict = {}
+    inp = sys.stdin.buffer
+    while True:
+        try:
+            path, start_ns, end_ns, key, model = pickle.load(inp)
+        except EOFError:
+            return
+        try:
+            if model is not None:
+                models = {key: model}
+            if key is not None and key not in models:
+                raise LookupError("the baseline model was not sent")
+            reply = (True, rootcause_causes(path, start_ns, end_ns, model=models.get(key)))
+        except Exception as exc:  # noqa: BLE001 (the reply carries it)
+            reply = (False, f"{type(exc).__name__}: {exc}"[:300])
+        pickle.dump(reply, out)
+        out.flush()
+
+
 def make_cause_fn(trace_path=None, rca: bool = False, model_fn=None, wait_s: float = 1.5):
     """The causes callback for AlertManager: quick /proc evidence; with `rca`, prismkit.rootcause too.
 
-    Runs on the enrichment thread only (never on the alert path). The root-cause
-    analysis reloads the growing trace, so it is opt-in (`prism watch --rca`).
+    Runs on the enrichment thread only (never on the alert path); the root-cause
+    analysis reloads the growing trace in an RcaWorker process, so it is opt-in
+    (`prism watch --rca`). The callback's close() stops that process.
     """
+    worker = RcaWorker() if rca and trace_path is not None else None
+
     def fn(ctx: dict) -> list[dict]:
         causes = quick_causes(ctx["pid"])
         for c in causes:
             c["source"] = "proc"
-        if rca and trace_path is not None:
+        if worker is not None:
             try:
                 time.sleep(wait_s)   # let the trace hold the anomaly's batches and their OS events
-                extra = rootcause_causes(trace_path(), ctx["start_ns"], max(ctx["end_ns"], time.monotonic_ns() - 200_000_000),
-                                         model=model_fn() if model_fn else None)
+                extra = worker.causes(trace_path(), ctx["start_ns"],
+                                      max(ctx["end_ns"], time.monotonic_ns() - 200_000_000),
+                                      model=model_fn() if model_fn else None)
                 causes = extra[:4] + causes
             except Exception as exc:  # the quick evidence stays
-                causes.append({"cause": "rootcause_failed", "score": 0.0, "evidence": repr(exc)[:300]})
+                causes.append({"cause": "rootcause_failed", "score": 0.0, "evidence": repr(exc)[:300],
+                               "source": "prismkit.rootcause"})
         return causes
 
+    fn.worker = worker
+    fn.close = worker.close if worker is not None else (lambda: None)
     return fn
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--worker"]:
+        _worker_main()
+    else:
+        sys.exit("usage: python -m prismkit.online.causes --worker  (started by prism watch --rca)")
