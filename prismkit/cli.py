@@ -348,8 +348,8 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-excess-ms", type=float, default=2.0,
                    help="alert once an anomaly has cost this much batch time (ms) beyond the expected")
     p.add_argument("--min-slowdown", type=float, default=0.10,
-                   help="open an anomaly only on batches at least this much slower than expected (0.10: 10%%; "
-                        "the detector's own floor is 0.05)")
+                   help="alert only on anomalies at least this much slower than expected, per batch and over "
+                        "the episode (0.10: 10%%; the offline detector's floor is 0.05)")
     p.add_argument("--nice", type=int, default=None,
                    help="CPU weight of the watcher as a nice value (e.g. -10: alerts stay fast on a loaded machine): "
                         "its session's autogroup nice, restored when the watch ends, or where the session has no "

@@ -257,6 +257,45 @@ def test_concurrency_step_gives_no_alert(session):
     assert flagged <= 0.1 * len(step), (flagged, len(step), details)
 
 
+def test_alert_needs_the_episode_slowdown():
+    """The alert policy on the real detector, fed batches with known expectations: a persistent run whose
+    batches are 11-12% slow but whose episode (flagged back over the mildly slow batches before it) is
+    under 10% slower than expected gives no alert with min_slowdown 0.10 (it is counted as suppressed),
+    and one with min_slowdown 0; a 30% run alerts either way."""
+    from collections import deque
+
+    from prismkit.detect import DetectorConfig, OnlineDetector
+    from prismkit.online.alerts import AlertManager
+
+    cal = {"all": {"mean": 0.0, "std": 0.01, "excess_q99_ns": 1e6}}
+    cfg = DetectorConfig(min_limit=0.10)
+
+    def run(ratios, min_slowdown):
+        det = OnlineDetector(calibration=cal, config=cfg)
+        am = AlertManager([], pid=1, min_excess_ms=2.0, min_slowdown=min_slowdown, resolve_after_s=0.0)
+        ring, ts, exp = deque(maxlen=64), 1_000_000_000, 10_000_000
+        try:
+            for r in [1.0] * 20 + ratios + [1.0] * 20:
+                dur = int(exp * r)
+                b = {"ts_start": ts, "ts_end": ts + dur, "batch_id": len(ring), "seq_mask": 1}
+                ring.append(b)
+                am.on_verdict(det.step(ts, dur, exp), b, ring)
+                ts += dur + 100_000
+            am.tick()
+            return am
+        finally:
+            am.close()
+
+    drift = [1.06] * 8 + [1.115, 1.12, 1.115]        # episode: (8 x 6% + 3 x 11.7%) / 11 = 7.5%
+    gated = run(drift, 0.10)
+    assert gated.episodes == [] and gated.suppressed == 1
+    assert len(run(drift, 0.0).episodes) == 1
+    fault = [1.3] * 6
+    for min_slowdown in (0.0, 0.10):
+        am = run(fault, min_slowdown)
+        assert len(am.episodes) == 1 and am.episodes[0]["slowdown"] > 1.25, am.episodes
+
+
 def test_prometheus_endpoint_matches_trace(session):
     from prometheus_client.parser import text_string_to_metric_families
 

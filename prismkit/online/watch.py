@@ -58,12 +58,12 @@ class WatchConfig:
     poll_ms: int = 200                              # trace writing; each batch reaches the detector at once
     sample_ms: int = 200
     causes: bool = True
-    rca: bool = False                               # also prismkit.rootcause on the growing trace (enrichment thread)
+    rca: bool = False                               # also prismkit.rootcause on the growing trace (a worker process)
     resolve_after_s: float = 1.0                    # anomalies closer than this are one alert episode
     min_excess_ms: float = 2.0                      # alert once an anomaly has cost this much batch time
-    min_slowdown: float = 0.10                      # an anomaly opens on batches at least this much slower than
-                                                    # expected (the detector's enter-limit floor, 0.05 offline):
-                                                    # a 5% drift after a workload change is not worth a page
+    min_slowdown: float = 0.10                      # alert on batches at least this much slower than expected,
+                                                    # each (the detector's enter-limit floor, 0.05 offline) and
+                                                    # over the episode: a 5-9% drift is not worth a page
     inline: bool = True                             # detect in the recorder's batch callback (else: a queue + thread)
     switch_interval_s: float | None = 0.001         # GIL switch interval: other threads give the recorder the GIL sooner
     live_rt_priority: int | None = None             # SCHED_FIFO for the recorder's live thread (None: normal; see cli)
@@ -234,7 +234,7 @@ class Watcher:
                                    model_fn=lambda: self.model)
         self.alerts = AlertManager(sinks, config.pid, config.slo_ttft_ms, config.slo_tpot_ms,
                                    causes=causes, metrics=self.metrics, resolve_after_s=config.resolve_after_s,
-                                   min_excess_ms=config.min_excess_ms)
+                                   min_excess_ms=config.min_excess_ms, min_slowdown=config.min_slowdown)
         self._det_thread = threading.Thread(target=self._detector_loop, name="prism-detector", daemon=True)
 
     # -- messages --------------------------------------------------------------------
