@@ -267,7 +267,7 @@ def test_cpu_weight_with_and_without_an_autogroup():
     import sys
     import time
 
-    from prismkit.detect.scenarios import autogroup_nice, set_cpu_weight, set_threads_nice
+    from prismkit.target.priority import autogroup_nice, set_cpu_weight, set_threads_nice
 
     require(os.geteuid() == 0, "root (negative nice)")
     assert Path("/proc/2/autogroup").read_text().strip() == ""    # kthreadd: the root group

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import require
-from prismkit.detect.scenarios import set_cpu_weight
+from prismkit.target.priority import set_cpu_weight
 
 BUSY_COMM = "prism-busy"
 BUSY = "while True:\n    pass\n"

@@ -90,7 +90,8 @@ def wserver(bpf_ok):
     llama.cpp's spinning barrier advances at scheduler ticks: one-sequence decodes took 100-190 ms
     (20-30x) and 4 of 6 steps raised an alert (real slowdowns, rightly flagged, not the workload).
     """
-    from prismkit.detect.scenarios import autogroup_nice, isolate
+    from prismkit.detect.scenarios import isolate
+    from prismkit.target.priority import autogroup_nice
     from prismkit.target.build import server_binary
     from prismkit.target.server import LlamaServer
 

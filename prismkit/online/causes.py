@@ -178,7 +178,7 @@ class RcaWorker:
         return self._proc.pid if self._proc is not None else None
 
     def _start(self) -> None:
-        from prismkit.detect.scenarios import set_cpu_weight
+        from prismkit.target.priority import set_cpu_weight
 
         self._proc = subprocess.Popen([sys.executable, "-m", "prismkit.online.causes", "--worker"],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

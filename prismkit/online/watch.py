@@ -387,7 +387,7 @@ class Watcher:
         if self.cfg.nice is not None:
             # Before any thread starts, so that where the weight is per thread (no autogroup) they inherit it.
             # An autogroup is the whole session's (the shell that started us too): stop() undoes it.
-            from prismkit.detect.scenarios import set_cpu_weight
+            from prismkit.target.priority import set_cpu_weight
 
             self._undo_nice = set_cpu_weight(os.getpid(), self.cfg.nice)
             if self._undo_nice is None:
