@@ -258,6 +258,30 @@ def test_concurrency_step_gives_no_alert(session):
     assert flagged <= 0.1 * len(step), (flagged, len(step), details)
 
 
+def test_trace_tail_reads_the_live_trace(session):
+    """A TraceTail on the watch's growing trace, updated as `prism watch --rca`'s worker does: its window
+    holds the batches (times, durations, sizes) the whole file holds from the window's start, while the
+    trace keeps being written, and it holds no more than its keep_s."""
+    from prismkit.trace import load_trace
+    from prismkit.trace.tail import TraceTail
+
+    path = session["w"].traces[-1]
+    tail = TraceTail(path, keep_s=10)
+    for _ in range(5):
+        tail.update()
+        time.sleep(0.5)
+    whole = load_trace(path)        # read after the tail's last update: it holds at least as much
+    since = tail.last_ts - 5_000_000_000
+    win = tail.load(since_ns=since).batches.sort_values("ts")
+    b = whole.batches
+    want = b[(b["ts"] >= since) & (b["ts"] <= win["ts"].max())].sort_values("ts")
+    assert len(win) == len(want) > 20
+    for col in ("ts", "dur", "n_tokens", "kv_tokens"):
+        assert (win[col].to_numpy() == want[col].to_numpy()).all(), col
+    assert tail.covers(since) and not tail.covers(int(b["ts"].min()))
+    assert tail.first_ts >= tail.last_ts - 12_000_000_000
+
+
 def test_alert_needs_the_episode_slowdown():
     """The alert policy on the real detector, fed batches with known expectations: a persistent run whose
     batches are 11-12% slow but whose episode (flagged back over the mildly slow batches before it) is

@@ -123,18 +123,35 @@ def quick_causes(pid: int, window_s: float = 0.5, samples: int = 25) -> list[dic
     return causes
 
 
-def rootcause_causes(trace_path, start_ns: int, end_ns: int, window_s: float = 20.0, model=None) -> list[dict]:
-    """prismkit.rootcause.explain on the recent window of the growing trace (anomaly vs the batches around it)."""
+WINDOW_MARGIN_NS = 2_000_000_000   # read this much before the baseline: slices and counters that span its start
+
+
+def rootcause_causes(trace_path, start_ns: int, end_ns: int, window_s: float = 20.0, model=None,
+                     tail=None) -> list[dict]:
+    """prismkit.rootcause.explain on the recent window of the growing trace (anomaly vs the batches around it).
+
+    tail: a TraceTail of trace_path; only the window is decoded then (the whole file without it,
+    or when the window is older than the tail holds)."""
     import pandas as pd
 
+    from prismkit.errors import PrismError
     from prismkit.rootcause import explain
     from prismkit.trace import load_trace
 
-    trace = load_trace(trace_path)           # a growing trace loads up to its last complete packet
+    lo = end_ns - int(window_s * 1e9)
+    since = min(lo, start_ns) - WINDOW_MARGIN_NS
+    if tail is not None:
+        try:
+            tail.update()
+        except PrismError:                   # e.g. a finished, gzipped trace: read it whole
+            tail = None
+    if tail is not None and tail.covers(since):
+        trace = tail.load(since_ns=since)
+    else:
+        trace = load_trace(trace_path)       # a growing trace loads up to its last complete packet
     b = trace.batches
     if b.empty:
         return []
-    lo = end_ns - int(window_s * 1e9)
     res = explain(trace, anomalies=pd.DataFrame({"start": [start_ns], "end": [end_ns]}),
                   baseline=(lo, start_ns), model=model)
     out = []
@@ -225,15 +242,30 @@ class RcaWorker:
                 self._stop()
 
 
+TAIL_EVERY_S = 1.0     # the worker reads the growing trace this often between requests
+TAIL_KEEP_S = 120.0    # and holds its last two minutes of events
+
+
 def _worker_main() -> None:
     """The RcaWorker's loop: a request per pickle on stdin, a (ok, causes | error) pickle on stdout."""
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)                        # a stray print must not corrupt the replies
     import prismkit.rootcause  # noqa: F401  (seconds of imports: now, not at the first alert)
 
+    from prismkit.trace.tail import TraceTail
+
     models: dict = {}
+    tails: dict[str, TraceTail] = {}     # one per trace: each byte of it is read once
     inp = sys.stdin.buffer
     while True:
+        # Between requests, read what the recorder wrote (the client sends one request and waits for
+        # its reply, so no request is left in inp's buffer while fd 0 has nothing to read).
+        while tails and not select.select([inp], [], [], TAIL_EVERY_S)[0]:
+            for path, tail in list(tails.items()):
+                try:
+                    tail.update()
+                except Exception:  # noqa: BLE001 (a rotated or removed trace: read whole at the next request)
+                    del tails[path]
         try:
             path, start_ns, end_ns, key, model = pickle.load(inp)
         except EOFError:
@@ -243,7 +275,9 @@ def _worker_main() -> None:
                 models = {key: model}
             if key is not None and key not in models:
                 raise LookupError("the baseline model was not sent")
-            reply = (True, rootcause_causes(path, start_ns, end_ns, model=models.get(key)))
+            if path not in tails:
+                tails = {path: TraceTail(path, keep_s=TAIL_KEEP_S)}   # the watcher's current trace only
+            reply = (True, rootcause_causes(path, start_ns, end_ns, model=models.get(key), tail=tails[path]))
         except Exception as exc:  # noqa: BLE001 (the reply carries it)
             reply = (False, f"{type(exc).__name__}: {exc}"[:300])
         pickle.dump(reply, out)

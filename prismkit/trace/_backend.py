@@ -10,7 +10,7 @@ import warnings
 
 from . import _pywire
 
-ABI = 2   # must match _wire.c's ABI constant: a stale build is not used
+ABI = 3   # must match _wire.c's ABI constant: a stale build is not used
 
 _stale = False
 try:

@@ -836,3 +836,35 @@ def build_args(begin_rows, end_rows, offsets, key, type_, val, strings, objects)
                 d[strings[k]] = _value(type_[j], val[j], strings, objects)
         out.append(d)
     return out
+
+
+def scan_packets(buf, pos: int = 0):
+    """Twin of _wire.scan_packets: (array of int64 quadruples (start, end, ts, flags), end of the last
+    complete packet); see prismkit/trace/tail.py."""
+    rows = array("q")
+    n = len(buf)
+    pos = max(0, min(pos, n))
+    while pos < n:
+        try:
+            tag, i = _varint(buf, pos, n)
+            if tag is None:
+                break
+            if tag != 0x0A:
+                raise _Bad("not a Trace.packet")
+            length, i = _varint(buf, i, n)
+            if length is None or length > n - i:
+                break
+            end = i + length
+            ts, flags = -1, 0
+            for num, wt, v in _fields(buf, i, end):
+                if num == 8 and wt == 0:
+                    ts = _s64(v)
+                elif wt == 2 and num == 11:
+                    flags |= 1
+                elif wt == 2 and num == 12:
+                    flags |= 2
+        except _Bad as e:
+            raise ValueError(f"{e} at byte {pos}") from None
+        rows.extend((pos, end, ts, flags))
+        pos = end
+    return rows, pos

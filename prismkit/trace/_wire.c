@@ -1291,10 +1291,77 @@ done:
     return out;
 }
 
+/* scan_packets(buf, pos=0) -> (rows, end): the complete Trace.packet entries of buf from pos, without
+ * decoding them (TraceTail's index of a growing trace). rows: int64 quadruples (start, end, ts, flags)
+ * as a Buf; start..end is the framed packet, ts its timestamp (field 8) or -1, flags 1 = track_event
+ * (field 11), 2 = interned_data (field 12). end: where the last complete packet ends. ValueError on
+ * bytes that are not Trace.packet framing. The pure-Python twin is prismkit.trace.tail._scan_py. */
+static PyObject *scan_packets(PyObject *self, PyObject *args) {
+    Py_buffer b;
+    Py_ssize_t pos = 0;
+    if (!PyArg_ParseTuple(args, "y*|n", &b, &pos)) return NULL;
+    const uint8_t *base = b.buf, *end = base + b.len;
+    size_t cap = 1024, n = 0;
+    int64_t *rows = malloc(cap * 4 * sizeof(int64_t));
+    const char *err = NULL;
+    if (!rows) { PyBuffer_Release(&b); return PyErr_NoMemory(); }
+    const uint8_t *p = base + (pos < 0 ? 0 : pos > b.len ? b.len : pos);
+    Py_BEGIN_ALLOW_THREADS
+    while (p < end) {
+        const uint8_t *q = p;
+        uint64_t tag, len;
+        if (rd_varint(&q, end, &tag) != 0) break;
+        if (tag != 0x0A) { err = "not a Trace.packet"; break; }
+        int r = rd_varint(&q, end, &len);
+        if (r == -1) break;
+        if (r != 0 || len > (uint64_t)(end - q)) { if (r != 0) err = "bad packet length"; break; }
+        const uint8_t *pe = q + len;
+        int64_t ts = -1, flags = 0;
+        while (q < pe) {
+            uint64_t key, v;
+            if (rd_varint(&q, pe, &key) != 0) { err = "bad field in a packet"; break; }
+            int wt = (int)(key & 7);
+            uint64_t field = key >> 3;
+            if (wt == 0) {
+                if (rd_varint(&q, pe, &v) != 0) { err = "bad varint in a packet"; break; }
+                if (field == 8) ts = (int64_t)v;
+            } else if (wt == 2) {
+                if (rd_varint(&q, pe, &v) != 0 || v > (uint64_t)(pe - q)) { err = "bad length in a packet"; break; }
+                if (field == 11) flags |= 1; else if (field == 12) flags |= 2;
+                q += v;
+            } else if (wt == 1) { q += 8; }
+            else if (wt == 5) { q += 4; }
+            else { err = "bad wire type in a packet"; break; }
+        }
+        if (err) break;
+        if (q != pe) { err = "a field runs past its packet"; break; }
+        if (n == cap) {
+            int64_t *grown = realloc(rows, cap * 2 * 4 * sizeof(int64_t));
+            if (!grown) { err = "out of memory"; break; }
+            rows = grown; cap *= 2;
+        }
+        rows[4 * n] = p - base; rows[4 * n + 1] = pe - base; rows[4 * n + 2] = ts; rows[4 * n + 3] = flags;
+        n++;
+        p = pe;
+    }
+    Py_END_ALLOW_THREADS
+    Py_ssize_t stop = p - base;
+    PyBuffer_Release(&b);
+    if (err) {
+        free(rows);
+        PyErr_Format(PyExc_ValueError, "%s at byte %zd", err, stop);
+        return NULL;
+    }
+    PyObject *buf = make_buf(rows, (Py_ssize_t)(n * 4 * sizeof(int64_t)));
+    if (!buf) return NULL;
+    return Py_BuildValue("(Nn)", buf, stop);
+}
+
 static PyMethodDef module_methods[] = {
     {"match_slices", match_slices, METH_VARARGS, "Pair BEGIN/END events per track; see reader.py."},
     {"build_args", build_args, METH_VARARGS, "Build argument dicts for slice rows."},
     {"group_order", group_order, METH_VARARGS, "Stable counting sort of rows by small integer codes."},
+    {"scan_packets", scan_packets, METH_VARARGS, "Index the complete packets of a trace buffer; see tail.py."},
     {NULL}
 };
 static struct PyModuleDef wiremodule = {PyModuleDef_HEAD_INIT, "_wire", "Native Perfetto trace decoding.", -1, module_methods};
@@ -1307,6 +1374,6 @@ PyMODINIT_FUNC PyInit__wire(void) {
     if (PyModule_AddObject(m, "Decoder", (PyObject *)&DecoderType) < 0) { Py_DECREF(&DecoderType); Py_DECREF(m); return NULL; }
     Py_INCREF(&BufType);
     if (PyModule_AddObject(m, "Buf", (PyObject *)&BufType) < 0) { Py_DECREF(&BufType); Py_DECREF(m); return NULL; }
-    PyModule_AddIntConstant(m, "ABI", 2);   /* bump with any change of the functions' contracts (_backend.ABI) */
+    PyModule_AddIntConstant(m, "ABI", 3);   /* bump with any change of the functions' contracts (_backend.ABI) */
     return m;
 }

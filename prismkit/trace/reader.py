@@ -122,6 +122,22 @@ class _Source:
         return b"".join(self.chunks())
 
 
+class _BytesSource(_Source):
+    """Perfetto protobuf bytes already in memory (TraceTail's window), read like a file."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        self.path, self.data, self.size = name, data, len(data)
+        self.gzipped = False
+        self.format = "perfetto"
+        if not data:
+            raise PrismError(f"empty trace: {name}")
+
+    def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
+        mv = memoryview(self.data)
+        for i in range(0, len(self.data), size):
+            yield bytes(mv[i:i + size])
+
+
 # ---------------------------------------------------------------- clocks
 
 class ClockConverter:
@@ -822,8 +838,6 @@ def load_trace(path, clock=None, *, strict: bool = False, trace_processor_bin: s
       It is never downloaded.
     pure_python: force (True) or forbid (False) the pure-Python decoder.
     """
-    from .model import Trace
-
     path = os.fspath(path)
     target = _resolve_clock(clock)
     tp_bin = trace_processor_bin or os.environ.get("PRISM_TRACE_PROCESSOR") or None
@@ -831,7 +845,19 @@ def load_trace(path, clock=None, *, strict: bool = False, trace_processor_bin: s
         from .tp import load_with_trace_processor
 
         return load_with_trace_processor(path, tp_bin, clock=target)
-    src = _Source(path)
+    return _load_source(_Source(path), path, target, strict, pure_python)
+
+
+def load_trace_bytes(data: bytes, name: str = "<bytes>", clock=None, *, strict: bool = False,
+                     pure_python: bool | None = None):
+    """load_trace() for Perfetto protobuf bytes in memory (uncompressed); `name` is used in messages."""
+    return _load_source(_BytesSource(data, name), name, _resolve_clock(clock), strict, pure_python)
+
+
+def _load_source(src: _Source, path: str, target: int | None, strict: bool, pure_python: bool | None):
+    from .model import Trace
+
+    clock = target
     problems: list[str] = []
     meta: dict[str, Any] = {"path": path, "format": src.format, "stopped_at_offset": None}
     if src.format == "chrome_json":
