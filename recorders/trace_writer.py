@@ -18,6 +18,8 @@ from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import (
     TrackEvent,
 )
 
+from prismkit.trace._pywire import encode_varint
+
 try:  # the C fast path for event packets (recorders/_encode.c); optional, same bytes on the wire
     from recorders import _encode
 except ImportError:  # pragma: no cover - built by setup.sh; the protobuf path below is the fallback
@@ -33,18 +35,6 @@ TYPE_COUNTER = TrackEvent.TYPE_COUNTER
 SEQUENCE_ID = 1
 
 Args = dict[str, Any]
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 class TraceWriter:
@@ -79,7 +69,7 @@ class TraceWriter:
         elif pkt.HasField("track_event"):
             pkt.sequence_flags = SEQ_NEEDS_INCREMENTAL_STATE
         data = pkt.SerializeToString()
-        self._f.write(b"\x0a" + _varint(len(data)) + data)  # Trace.packet = field 1
+        self._f.write(b"\x0a" + encode_varint(len(data)) + data)  # Trace.packet = field 1
         self._written(1)
 
     def _written(self, packets: int) -> None:

@@ -37,6 +37,19 @@ def _varint(buf, pos: int, end: int):
     return None, pos
 
 
+def encode_varint(n: int) -> bytes:
+    """A non-negative int as a protobuf varint (the writers' framing)."""
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
 def _fields(buf, pos: int, end: int):
     """Yield (number, wire type, value) with value = int or (start, end) for LEN."""
     while pos < end:

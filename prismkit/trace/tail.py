@@ -31,6 +31,7 @@ import numpy as np
 from prismkit.errors import PrismError
 
 from . import _backend
+from ._pywire import encode_varint
 
 METADATA_NAME = b"prismkit.metadata"
 HAS_EVENT, HAS_INTERNED = 1, 2
@@ -62,18 +63,6 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def _encode_varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def without_track_event(packet: bytes) -> bytes:
     """A framed TracePacket re-framed without its track_event field (its interned_data and
     sequence fields kept), for the interning state of an event packet outside the window."""
@@ -93,7 +82,7 @@ def without_track_event(packet: bytes) -> bytes:
             i += 8 if wire == 1 else 4
         if field != 11:
             body += packet[start:i]
-    return b"\x0a" + _encode_varint(len(body)) + bytes(body)
+    return b"\x0a" + encode_varint(len(body)) + bytes(body)
 
 
 def _select(buf: bytes, starts: np.ndarray, ends: np.ndarray) -> bytes:
