@@ -34,6 +34,7 @@ from . import _backend
 from ._pywire import encode_varint
 
 METADATA_NAME = b"prismkit.metadata"
+READ_CHUNK = 16 << 20
 HAS_EVENT, HAS_INTERNED = 1, 2
 
 
@@ -126,13 +127,21 @@ class TraceTail:
         self.packets = 0
 
     def update(self) -> int:
-        """Read the packets written since the last call; returns how many."""
+        """Read the packets written since the last call, READ_CHUNK bytes at a time (a first read of an
+        hour-long trace holds one chunk and the window, not the file); returns the packets read so far."""
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset + len(self._pending))
-                data = f.read()
+                while True:
+                    data = f.read(READ_CHUNK)
+                    if not data:
+                        break
+                    self._feed(data)
         except OSError as e:
             raise PrismError(f"cannot read trace {self.path}: {e.strerror or e}") from None
+        return self.packets
+
+    def _feed(self, data: bytes) -> None:
         buf = self._pending + data if self._pending else data
         if self.offset == 0 and buf[:2] == b"\x1f\x8b":
             raise PrismError(f"{self.path} is gzipped: TraceTail reads a trace as it is written")
@@ -144,7 +153,6 @@ class TraceTail:
             rows = self._take_head(buf, rows)
         if len(rows):
             self._index(buf[:used], rows)
-        return self.packets
 
     def _take_head(self, buf: bytes, rows: np.ndarray) -> np.ndarray:
         """Hold packets as the head until the metadata packet; the rows after it."""
