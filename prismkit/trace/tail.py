@@ -190,11 +190,6 @@ class TraceTail:
         """Whether every event from since_ns on that was read is still held."""
         return since_ns > self.dropped_until
 
-    @property
-    def first_ts(self) -> int | None:
-        """The oldest event timestamp still held."""
-        return min(c[2] for c in self._chunks) if self._chunks else None
-
     def window_bytes(self, since_ns: int | None = None) -> bytes:
         """The head, the state packets and the events from since_ns on, as one trace's bytes."""
         head = self.head if self.head is not None else b"".join(self._head_parts)
