@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import signal
 import statistics
@@ -103,7 +104,8 @@ def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int
                 cpus.append(cpu)
                 print(f"  pair {i + 1}: A {a:8.1f} tok/s   B ({b_name}) {b:8.1f} tok/s   B/A {b / a:.4f}   "
                       f"{b_proc} {cpu:.3f} CPU"
-                      + ("" if control_burn_ms else f"   events {events} lost {meta.get('lost_events')}"))
+                      + ("" if control_burn_ms else f"   events {events} lost {meta.get('lost_events')}")
+                      + (_watch_figures(out) if watch else ""))
             med = statistics.median(ratios)
             lo, hi = _median_interval(ratios)
             print(f"median B/A throughput ratio: {med:.4f} (95% interval {lo:.3f}-{hi:.3f})  -> overhead "
@@ -193,7 +195,10 @@ def _start_record(pid: int, out: Path, packs: str | None, watch_model: Path | No
     elif packs:
         cmd += ["--packs", packs]
     cmd += list(extra)
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(out.with_suffix(".log"), "wb") if watch_model is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.DEVNULL)
+    if watch_model is not None:
+        log.close()   # (the child has its own copy)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 60:  # attached once the metadata packet is in the file
         if out.exists() and out.stat().st_size > 0 and b"prismkit.metadata" in out.read_bytes()[:65536]:
@@ -202,6 +207,18 @@ def _start_record(pid: int, out: Path, packs: str | None, watch_model: Path | No
             raise SystemExit(f"prism record exited with {proc.returncode}")
         time.sleep(0.1)
     raise SystemExit("prism record did not attach within 60 s")
+
+
+def _watch_figures(out: Path) -> str:
+    """Alerts the watch opened during its B run, and how many batches woke its detector at once
+    (from its summary: see prism watch --wake)."""
+    alerts = out.with_suffix(".alerts.jsonl")
+    lines = alerts.read_text().splitlines() if alerts.exists() else []
+    opened = sum(json.loads(line).get("event") == "opened" for line in lines if line.strip())
+    log = out.with_suffix(".log")
+    m = re.search(r"woke the detector at once: (\d+) of (\d+)", log.read_text()) if log.exists() else None
+    woke = f", woke the detector {int(m[1]) / max(int(m[2]), 1):.0%} of batches" if m else ""
+    return f"   alerts {opened}{woke}"
 
 
 def _cpu_s(pid: int) -> float:

@@ -359,6 +359,10 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
                         "the detector; 0 (default): normal scheduling. Real-time keeps alerts within milliseconds "
                         "on a busy host, but its ~0.1-0.2 ms of work per batch then preempts the server: use it "
                         "for engines whose batches take several ms, not sub-millisecond ones")
+    p.add_argument("--wake", choices=("suspects", "every"), default="suspects",
+                   help="which finished batches wake the detector at once: 'suspects' (default: those that lasted "
+                        "long enough to be flagged, judged in the kernel per batch shape; the others arrive in order "
+                        "at the next drain, --poll-ms) or 'every' batch (one wakeup per batch: costs the server throughput)")
     p.add_argument("--quiet", action="store_true", help="no status lines (alerts and the summary still print)")
 
 
@@ -390,7 +394,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                       follow_cmd=args.follow_cmd,
                       poll_ms=args.poll_ms, causes=not args.no_causes, verbose=not args.quiet,
                       nice=args.nice, min_excess_ms=args.min_excess_ms, min_slowdown=args.min_slowdown,
-                      rca=args.rca, live_rt_priority=args.live_priority or None, syscalls=args.syscalls)
+                      rca=args.rca, live_rt_priority=args.live_priority or None, syscalls=args.syscalls,
+                      wake=args.wake)
     return run_watch(cfg)
 
 

@@ -224,7 +224,8 @@ def test_concurrency_step_gives_no_alert(session):
     no preemption, no off-CPU time and the same workload just before and after (a host-side
     slowdown the guest cannot see); the detector rightly flags those. So an alert during the
     step is accepted only when it is such a slowdown: its batches ran at least 1.1x slower
-    than batches of the same workload elsewhere in the step, measured without the model. An
+    than batches of the same workload elsewhere in the step, measured without the model (on
+    at least half of its batches, and two, having five such peers). An
     alert the workload explains (its batches as fast as their peers: the model mispredicted the
     new workload) fails the test, as does any alert covering more than 10% of the step.
     """
@@ -253,9 +254,35 @@ def test_concurrency_step_gives_no_alert(session):
                        | {"at_s": (e["start_ns"] - t0) / 1e9, "vs_same_workload": ratio, "n_compared": n})
     print("alerts during the step:", details)
     for d in details:
-        assert d["n_compared"] >= 3 and d["vs_same_workload"] >= 1.1, ("an alert the workload explains", d, details)
+        enough = max(2, (d["batches"]["flagged"] + 1) // 2)   # at least half its batches had same-workload peers
+        assert d["n_compared"] >= enough and d["vs_same_workload"] >= 1.1, ("an alert the workload explains", d, details)
     flagged = sum(e["batches"]["flagged"] for e in eps)
     assert flagged <= 0.1 * len(step), (flagged, len(step), details)
+
+
+def test_only_batches_that_may_be_slow_wake_the_detector(session):
+    """--wake suspects (the default): a finished batch wakes the detector at once only when it
+    lasted at least its shape's floor (set from the model: the lowest expected x (1 + enter
+    limit) of the shape), judged in the kernel; the others reach it in order at the next drain. The kernel's
+    shape key is the one pack.py documents; most batches, as fast as expected, wake nobody; the
+    batches beyond the enter limit did wake it (the stall test checks the alert's latency)."""
+    from recorders.packs.llama_cpp.pack import SHAPE_KEY, WOKE, LiveWake, shape_key
+
+    w = session["w"]
+    time.sleep(3)       # steady load (concurrency 1) after the other tests' episodes
+    ring = list(w.ring)
+    assert len(ring) > 50
+    for b in ring:
+        assert b["wake"] & SHAPE_KEY == shape_key(b["n_tokens"], b["n_seqs"], b["kv_tokens"]), b
+    assert w._wake.floors, "no shape has a wake floor"
+    n, woke = w.wake_counts.get(LiveWake.SUSPECTS, (0, 0))
+    print(f"suspects mode: {woke} of {n} batches woke the detector; {w.wake_missed} of {w.wake_exceeded} "
+          f"beyond the enter limit did not; modes {w.wake_counts}; {len(w._wake.floors)} shapes")
+    assert n > 200
+    assert woke < 0.5 * n, (woke, n)
+    assert w.wake_exceeded > 0
+    assert w.wake_missed <= 0.1 * w.wake_exceeded, (w.wake_missed, w.wake_exceeded)
+    assert any(b["wake"] & WOKE for b in ring)
 
 
 def test_trace_tail_reads_the_live_trace(session):

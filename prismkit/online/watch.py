@@ -15,6 +15,7 @@ WorkloadModel (fitted on a thread of its own), saved next to the trace.
 """
 from __future__ import annotations
 
+import math
 import os
 import queue
 import signal
@@ -29,6 +30,8 @@ import numpy as np
 
 from prismkit.errors import PrismError
 from recorders.packs.base import ProbePack
+from recorders.packs.llama_cpp.pack import WOKE, LiveWake, shape_key
+
 
 from .alerts import AlertManager, JsonlSink, Sink, TerminalSink, WebhookSink
 
@@ -55,7 +58,8 @@ class WatchConfig:
     max_fit_batches: int = 4000                     # warm-up batches (evenly spaced) the baseline is fitted on
     nice: int | None = None                         # autogroup nice of the watcher itself (alert path under load)
     syscalls: bool = False                          # also the syscalls pack (off by default: its cost)
-    poll_ms: int = 200                              # trace writing; each batch reaches the detector at once
+    poll_ms: int = 200                              # drains of the ring buffers (trace writing; with wake='suspects'
+                                                    # the batches that need no attention reach the detector then)
     sample_ms: int = 200
     causes: bool = True
     rca: bool = False                               # also prismkit.rootcause on the growing trace (a worker process)
@@ -67,6 +71,9 @@ class WatchConfig:
     inline: bool = True                             # detect in the recorder's batch callback (else: a queue + thread)
     switch_interval_s: float | None = 0.001         # GIL switch interval: other threads give the recorder the GIL sooner
     live_rt_priority: int | None = None             # SCHED_FIFO for the recorder's live thread (None: normal; see cli)
+    wake: str = "suspects"                          # which batches wake the detector at once: 'suspects' (those
+                                                    # that may be slower than expected; the rest arrive in order
+                                                    # at the next drain, poll_ms) or 'every' batch
     verbose: bool = True
 
 
@@ -104,6 +111,7 @@ class _WatchPack(ProbePack):
         # arrives and before it is written (recorders/engine.py)
         ctx.live_observers.append(observe)
         self.watcher._bpf = bpf
+        self.watcher._armed_ns = time.monotonic_ns()   # packs start once every probe is attached
         http = next((p for p in self.watcher._packs if p.name == "http"), None)
         if http is not None and hasattr(http, "_write"):
             orig = http._write
@@ -213,6 +221,13 @@ class Watcher:
         self._old_pids: set[int] = set()  # targets that exited (never re-attach to them)
         self._attach_failures: dict[int, int] = {}
         self._lost_total: dict[str, int] = {}
+        self._wake = None                         # the llama_cpp pack's LiveWake, once the recorder runs
+        self._armed_ns = 0                        # probes all attached (batches that began before are not judged)
+        self.n_woke = 0                           # batches whose record woke the detector
+        self.wake_exceeded = 0                    # batches beyond the enter limit while only suspects wake it ...
+        self.wake_missed = 0                      # ... of which did not wake it (their shape's floor was too high)
+        self.wake_counts: dict[int, list[int]] = {}   # LiveWake mode -> [batches, of which woke the detector]
+        self._floors_learned: dict[int, float] | None = None   # shape floors from the warm-up, for the live thread
 
         from .metrics import WatchMetrics
 
@@ -288,6 +303,10 @@ class Watcher:
             self.model_path = str(path)
             cal = model.calibration_
             self._use_model(model)
+            try:
+                self._floors_learned = self._shape_floors(df, model)
+            except Exception as exc:   # the shapes' floors are then learned as batches come
+                self._say(f"could not set wake floors from the warm-up ({exc!r})")
             lim = self.detector.limits
             self._say(f"baseline learned from {len(df)} batches in {time.monotonic() - t0:.1f}s "
                       f"(out-of-fold MAPE {cal.get('oof_mape', float('nan')):.1%}; alarm above "
@@ -297,6 +316,18 @@ class Watcher:
             self.state = "warming_up"
             self._warm = batches[-20000:]
             self._say(f"baseline fit failed ({exc}); still learning")
+
+    def _shape_floors(self, batches, model) -> dict[int, float]:
+        """Per batch shape (the kernel's key), the shortest duration the detector could flag, from
+        the warm-up's batches: SUSPECTS mode filters from the first watched batch on."""
+        exp = model.predict(batches)
+        enter = np.array([self.detector._lim(p).enter for p in batches.get("phase", ["all"] * len(batches))])
+        floor = exp * (1.0 + enter)
+        out: dict[int, float] = {}
+        for k, f in zip(map(shape_key, batches["n_tokens"], batches["n_seqs"], batches["kv_tokens"]), floor):
+            if f == f and f < out.get(k, math.inf):
+                out[k] = float(f)
+        return out
 
     # -- detector thread ----------------------------------------------------------------
     def _detector_loop(self) -> None:
@@ -335,8 +366,10 @@ class Watcher:
         now = time.monotonic()
         if self.first_batch_mono is None:
             self.first_batch_mono = now
-        exp = None
-        if self.detector is not None:
+        exp = v = None
+        if b["ts_start"] < self._armed_ns:
+            pass  # in flight while the probes were being attached, which slows it down: not judged or learned
+        elif self.detector is not None:
             self.ring.append(b)
             v = self.detector.update(b)   # prismkit.detect's OnlineDetector: expected latency + control limits
             exp = v.expected
@@ -357,6 +390,55 @@ class Watcher:
                 self._fit_thread.start()
         self.recent.append((b["ts_end"], dur, exp, b.get("n_tokens") or 0, now))
         self.metrics.on_batch(b, exp)
+        self._tune_wakeups(b, v)
+
+    def _tune_wakeups(self, b: dict, v) -> None:
+        """Which batches wake the detector at once (the llama_cpp pack's LiveWake).
+
+        Each wakeup preempts one of the server's lockstep compute threads (the 2-core demo loses
+        ~3% throughput to one per batch), yet only a batch that may be slower than expected needs
+        the detector at once. So a batch wakes it only when it lasted at
+        least its shape's floor: just below the shortest duration the detector could flag for
+        that shape (expected x (1 + enter limit), the lowest seen for the shape: expected latency
+        varies a few % within a shape, so the lowest is the bound; a 3% margin below it doubled the
+        wakeups for no missed batch on the test recordings). The
+        others are read in order at the next wakeup (the drain every poll_ms at the latest). Every
+        batch wakes it while an anomaly has not yet cost enough to alert (any batch may cross the
+        line); once alerted, updates and resolution can wait for a drain. While learning no batch
+        needs to wake it.
+        """
+        wake = self._wake
+        if wake is None:
+            llama = next((p for p in self._packs if p.name == "llama_cpp"), None)
+            wake = self._wake = getattr(llama, "wake", None)
+            if wake is None:
+                return
+        key = b.get("wake", 0)
+        seen = self.wake_counts.setdefault(wake.mode, [0, 0])   # mode it was submitted under (or just before)
+        seen[0] += 1
+        if key & WOKE:
+            self.n_woke += 1
+            seen[1] += 1
+        if self._floors_learned is not None:      # from the warm-up, once the baseline is fitted
+            floors, self._floors_learned = self._floors_learned, None
+            for k, f in floors.items():
+                wake.lower_floor(k, f)
+        det = self.detector
+        if det is None or v is None:
+            want = LiveWake.DRAINS
+        elif self.cfg.wake != "suspects" or det.cusum is not None or self.alerts._pending is not None:
+            # (the opt-in CUSUM adds up small excesses: it sees each batch at once; an anomaly that has
+            # not yet cost enough to alert may cross the line at any batch, slow or not)
+            want = LiveWake.EVERY_BATCH
+        else:
+            want = LiveWake.SUSPECTS
+        if v is not None and v.expected:
+            if wake.mode == LiveWake.SUSPECTS and v.exceed:
+                self.wake_exceeded += 1
+                self.wake_missed += not key & WOKE
+            wake.lower_floor(key, v.expected * (1.0 + det._lim(b.get("phase", "all")).enter))
+        if want != wake.mode:
+            wake.set(want)
 
     # -- recording -----------------------------------------------------------------------
     def _trace_path(self) -> Path:
@@ -370,6 +452,7 @@ class Watcher:
         from recorders.packs import default_packs
 
         self._packs = default_packs(opt_in=["syscalls"] if self.cfg.syscalls else [])
+        self._wake = None
         packs = self._packs + [_WatchPack(self)]
         path = self._trace_path()
         self.recorder = Recorder(pid, path, packs=packs, verbose=False, poll_interval_ms=self.cfg.poll_ms,
@@ -540,6 +623,7 @@ class Watcher:
                              for d in self.alerts.episodes],
                 "alert_latency_ms": lat, "suppressed_below_min_excess": self.alerts.suppressed,
                 "lost_events": self.lost_events(), "restarts": self.restarts,
+                "woke_detector": self.n_woke, "woke_missed": self.wake_missed,
                 "detector_ms_p50": float(np.percentile(det, 50)) if len(det) else None,
                 "detector_ms_p99": float(np.percentile(det, 99)) if len(det) else None}
 
@@ -613,6 +697,9 @@ def print_summary(s: dict) -> None:
         print(f"  alert path to {name}: p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms (n={lat['n']})")
     if s.get("detector_ms_p50") is not None:
         print(f"  detector per batch: p50 {s['detector_ms_p50']:.3f} ms, p99 {s['detector_ms_p99']:.3f} ms")
+    if s["batches"]:
+        print(f"  batches that woke the detector at once: {s['woke_detector']} of {s['batches']} "
+              f"({s['woke_detector'] / s['batches']:.0%}); beyond the enter limit without waking it: {s['woke_missed']}")
     if s.get("model"):
         print(f"  baseline model: {s['model']}")
     print(f"  trace: {', '.join(s['traces'])}  (open in https://ui.perfetto.dev)", flush=True)

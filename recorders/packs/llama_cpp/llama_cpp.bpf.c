@@ -41,7 +41,7 @@ struct llama_event {
     u32 truncated;              // tokens beyond the inspected maximum
     u32 seq_mask_lo;            // bit i set: sequence id i (< 32) is in the batch
     u32 prefill_mask_lo;        // bit i set: sequence id i (< 32) brings more than one token
-    u32 _pad;
+    u32 wake;                   // the batch's shape key (llama_shape_key); bit 31: it woke the consumer
     u64 gap_short_end;          // end of the last short stage call in the gap (0: none)
     u32 gap_short_ns[LLAMA_SLOTS];  // per stage id: short calls since this thread's previous decode returned
     u32 short_ns[LLAMA_SLOTS];      // per stage id: short calls inside this llama_decode
@@ -87,12 +87,31 @@ struct llama_short { u64 count; u64 ns; };
 BPF_PERCPU_ARRAY(llama_short_stages, struct llama_short, LLAMA_SLOTS);
 BPF_PROG_ARRAY(llama_progs, 2);                  // 0: llama_tokens_chunk, 1: llama_batch_fold
 struct llama_wake {
-    u32 per_batch;              // 1: someone watches batches live: wake at every batch end
+    u32 mode;                   // 0: wake only after min_gap_ns; 1: at every batch end (someone watches
+                                // batches live); 2: at batches that may be slow (see llama_wake_floor)
     u32 _pad;
     u64 min_gap_ns;             // else wake at the first batch end this long after the last wakeup
     u64 last;                   // last forced wakeup
 };
-BPF_ARRAY(llama_wake, struct llama_wake, 1);     // set by pack.py (set_live)
+BPF_ARRAY(llama_wake, struct llama_wake, 1);     // set by pack.py (set_live, LiveWake)
+// Mode 2: shape key -> the shortest duration (ns) at which a batch of that shape may be slower
+// than expected, set by the online detector from its model; a batch at least this long, or of
+// a shape with no entry yet, wakes the consumer, the others wait for the next wakeup.
+BPF_HASH(llama_wake_floor, u32, u64, 65536);
+
+// A coarse key of a batch's workload: tokens (exact below 64, then per 64), sequences (up
+// to 63) and context (per 64 tokens). Batches with one key have nearly the same expected
+// latency; the detector keeps the lowest floor it has seen per key.
+static __always_inline u32 llama_shape_key(const struct llama_event *e) {
+    u32 n = e->n_tokens > 0 ? (u32)e->n_tokens : 0;
+    u32 tok = n < 64 ? n : 64 + (n >> 6);
+    if (tok > 255) tok = 255;
+    u32 seqs = e->n_seqs > 0 ? (u32)e->n_seqs : 0;
+    if (seqs > 63) seqs = 63;
+    u64 kv = e->kv_tokens > 0 ? (u64)e->kv_tokens >> 6 : 0;
+    if (kv > 4095) kv = 4095;
+    return tok | (seqs << 8) | ((u32)kv << 14);
+}
 
 // Move a thread's short-call sums into a batch record (and clear them).
 static __always_inline void llama_take_short(u32 tid, u32 *ns, u64 *end) {
@@ -226,18 +245,29 @@ int llama_decode_return(struct pt_regs *ctx) {
     ev->ts_end = bpf_ktime_get_ns();
     ev->ret = (s32)PT_REGS_RC(ctx);
     llama_take_short(tid, ev->short_ns, 0);
-    // A finished batch is what an online detector waits for: wake the consumer now. With
-    // nobody watching live, wake it at the first batch end a poll interval after the last
-    // wakeup: the recorder then drains every buffer while the engine samples and sends
-    // tokens on one thread (a wakeup mid-batch preempts one of its lockstep compute threads
-    // and stalls the other).
+    // A finished batch is what an online detector waits for: wake the consumer now (mode 1),
+    // or only when the batch may be slower than expected (mode 2: the others are read at the
+    // next wakeup, in order). Besides, wake it at the first batch end min_gap_ns after the last
+    // wakeup: the recorder then drains every buffer while the engine samples and sends tokens
+    // on one thread (a wakeup mid-batch preempts one of its lockstep compute threads and
+    // stalls the other).
     int zero = 0;
     u64 flags = BPF_RB_NO_WAKEUP;
+    u32 key = llama_shape_key(ev);
     struct llama_wake *w = llama_wake.lookup(&zero);
-    if (w && (w->per_batch || (w->min_gap_ns && ev->ts_end - w->last >= w->min_gap_ns))) {
-        w->last = ev->ts_end;
-        flags = BPF_RB_FORCE_WAKEUP;
+    if (w) {
+        int wake = w->mode == 1;
+        if (w->mode == 2) {
+            u64 *floor = llama_wake_floor.lookup(&key);
+            wake = !floor || ev->ts_end - ev->ts_start >= *floor;
+        }
+        if (wake || (w->min_gap_ns && ev->ts_end - w->last >= w->min_gap_ns)) {
+            w->last = ev->ts_end;
+            flags = BPF_RB_FORCE_WAKEUP;
+            key |= 0x80000000U;
+        }
     }
+    ev->wake = key;
     llama_events.ringbuf_submit(ev, flags);
     llama_open_batch.delete(&tid);
     return 0;

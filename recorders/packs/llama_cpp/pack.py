@@ -67,12 +67,71 @@ class LlamaEvent(ct.Structure):
         ("n_tokens", ct.c_int32), ("n_seqs", ct.c_int32), ("n_prefill_tokens", ct.c_int32),
         ("n_decode_tokens", ct.c_int32), ("kv_tokens", ct.c_int64), ("n_outputs", ct.c_int32),
         ("ret", ct.c_int32), ("truncated", ct.c_uint32), ("seq_mask_lo", ct.c_uint32),
-        ("prefill_mask_lo", ct.c_uint32), ("_pad", ct.c_uint32), ("gap_short_end", ct.c_uint64),
+        ("prefill_mask_lo", ct.c_uint32), ("wake", ct.c_uint32), ("gap_short_end", ct.c_uint64),
         ("gap_short_ns", ct.c_uint32 * SLOTS), ("short_ns", ct.c_uint32 * SLOTS),
     ]
 
 
 assert ct.sizeof(LlamaEvent) == 144
+
+WOKE = 0x80000000      # LlamaEvent.wake: this batch's record woke the consumer
+SHAPE_KEY = 0x7FFFFFFF  # LlamaEvent.wake: the batch's shape key (llama_shape_key in the BPF file)
+
+
+def shape_key(n_tokens: int, n_seqs: int, kv_tokens: int) -> int:
+    """The kernel's shape key of a batch (llama_shape_key in the BPF file, bit for bit)."""
+    n = max(int(n_tokens), 0)
+    tok = min(n if n < 64 else 64 + (n >> 6), 255)
+    seqs = min(max(int(n_seqs), 0), 63)
+    kv = min(max(int(kv_tokens), 0) >> 6, 4095)
+    return tok | (seqs << 8) | (kv << 14)
+
+
+class LiveWake:
+    """When the batch buffer wakes its live consumer (llama_wake and llama_wake_floor in the BPF file).
+
+    Modes: DRAINS (only min_gap_ms after the last wakeup, at a batch end), EVERY_BATCH, and
+    SUSPECTS: a batch wakes the consumer only when it lasted at least its shape's floor, or
+    its shape has none yet. An online detector sets each shape's floor just below the
+    shortest duration it could flag (``lower_floor``); the other batches reach it in order
+    at the next wakeup, so it still sees every batch, and the per-batch wakeups (each one
+    preempts a compute thread of the server) are gone for the batches that are as fast as
+    expected. Every mode also wakes min_gap_ms after the last wakeup.
+    """
+
+    DRAINS, EVERY_BATCH, SUSPECTS = 0, 1, 2
+
+    def __init__(self, bpf, mode: int = DRAINS, min_gap_ms: float = 0) -> None:
+        self._wake = bpf["llama_wake"]
+        self._floor = bpf["llama_wake_floor"]
+        self.floors: dict[int, int] = {}   # shape key -> floor (ns), as written to the kernel
+        self.mode = -1
+        self.min_gap_ms = min_gap_ms
+        self.set(mode, min_gap_ms)
+
+    def set(self, mode: int, min_gap_ms: float | None = None) -> None:
+        if min_gap_ms is not None:
+            self.min_gap_ms = min_gap_ms
+        leaf = self._wake.Leaf()
+        leaf.mode = mode
+        leaf.min_gap_ns = max(int(self.min_gap_ms * 1e6), 0)
+        self._wake[ct.c_int(0)] = leaf      # (resets 'last': at worst one early wakeup)
+        self.mode = mode
+
+    def lower_floor(self, key: int, floor_ns: float) -> bool:
+        """Make batches of shape `key` lasting at least floor_ns wake the consumer (if that is
+        lower than the floor the shape has). True when the kernel's table changed."""
+        key &= SHAPE_KEY
+        floor = max(int(floor_ns), 1)
+        old = self.floors.get(key)
+        if old is not None and floor >= old:
+            return False
+        try:
+            self._floor[ct.c_uint32(key)] = ct.c_uint64(floor)
+        except Exception:   # table full: the shape keeps waking the consumer at every batch
+            return False
+        self.floors[key] = floor
+        return True
 
 
 @dataclass(eq=False, slots=True)
@@ -180,12 +239,9 @@ class LlamaCppPack(ProbePack):
 
     def set_live(self, bpf, live: bool, drain_gap_ms: int = 0) -> None:
         """Wake the consumer at every finished batch when live observers wait for it; else
-        (drain_gap_ms > 0) at the first batch end drain_gap_ms after the last wakeup."""
-        table = bpf["llama_wake"]
-        leaf = table.Leaf()
-        leaf.per_batch = 1 if live else 0
-        leaf.min_gap_ns = max(int(drain_gap_ms), 0) * 1_000_000
-        table[ct.c_int(0)] = leaf
+        (drain_gap_ms > 0) at the first batch end drain_gap_ms after the last wakeup. A live
+        observer may narrow this down later through ``self.wake`` (LiveWake)."""
+        self.wake = LiveWake(bpf, LiveWake.EVERY_BATCH if live else LiveWake.DRAINS, drain_gap_ms)
 
     def _on_record(self, _cpu, data, _size) -> None:
         """On the engine's live thread: copy the record, show a batch to the live observers
@@ -202,8 +258,10 @@ class LlamaCppPack(ProbePack):
 
     @classmethod
     def _seen(cls, ev: LlamaEvent, batch_id: int, args: dict | None = None) -> dict:
-        """A batch as observers get it: its attributes, tid, ts_start and ts_end."""
-        return dict(args or cls._batch_args(ev, batch_id), tid=ev.tid, ts_start=ev.ts_start, ts_end=ev.ts_end)
+        """A batch as observers get it: its attributes, tid, ts_start, ts_end and wake (its shape
+        key, and WOKE when its record woke the consumer: see LiveWake)."""
+        return dict(args or cls._batch_args(ev, batch_id), tid=ev.tid, ts_start=ev.ts_start, ts_end=ev.ts_end,
+                    wake=ev.wake)
 
     def _drain_stages(self, reader) -> None:
         """On the engine's polling thread, every stage record since the last drain at once. The
