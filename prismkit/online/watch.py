@@ -405,7 +405,8 @@ class Watcher:
         others are read in order at the next wakeup (the drain every poll_ms at the latest). Every
         batch wakes it while an anomaly has not yet cost enough to alert (any batch may cross the
         line); once alerted, updates and resolution can wait for a drain. While learning no batch
-        needs to wake it.
+        needs to wake it, but while the baseline is being fitted each does: the first batches
+        judged then reach the detector at once.
         """
         wake = self._wake
         if wake is None:
@@ -425,7 +426,8 @@ class Watcher:
                 wake.lower_floor(k, f)
         det = self.detector
         if det is None or v is None:
-            want = LiveWake.DRAINS
+            # while the baseline is fitted every batch wakes it: the first one judged must not wait for a drain
+            want = LiveWake.EVERY_BATCH if self.state == "fitting" or det is not None else LiveWake.DRAINS
         elif self.cfg.wake != "suspects" or det.cusum is not None or self.alerts._pending is not None:
             # (the opt-in CUSUM adds up small excesses: it sees each batch at once; an anomaly that has
             # not yet cost enough to alert may cross the line at any batch, slow or not)

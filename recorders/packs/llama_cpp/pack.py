@@ -21,6 +21,11 @@ Their time still reaches the batches: each thread sums its short calls (those no
 in another stage call) per stage, and its next llama_decode slice carries the sums as
 `gap_short_ns.<stage>` (since the thread's previous decode returned: the previous step's
 sampling and detokenization) and `short_ns.<stage>` (inside the call), with `gap_short_end`.
+
+Batch records go to a ring buffer of their own, read by the recorder's live thread. When a
+record wakes that thread is LiveWake's business: at drains only (`prism record`), at every
+batch, or (`prism watch`) only at batches that lasted at least their shape's floor, which
+the online detector sets per shape key (`shape_key`, computed in the kernel too).
 """
 from __future__ import annotations
 
