@@ -216,11 +216,6 @@ def _same_workload_ratio(batches, ep: dict, t0: int, t1: int) -> tuple[float, in
     return (float(np.median(ratios)) if ratios else float("nan")), len(ratios)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 7 open: a step can still raise an alert the workload explains "
-                   "(its batches as fast as same-workload batches elsewhere in the step: the model's error, e.g. "
-                   "expected 15.4 ms for a shape its 41 peers ran in 20 ms; 1 of 15 runs on 2026-11-24). Two "
-                   "other failures seen, alerts on a 5% drift and on a 6-9% one over 150 ms, are gone with "
-                   "watch's 10% floor per batch and per episode (--min-slowdown)")
 def test_concurrency_step_gives_no_alert(session):
     """A x4 workload step raises no alert of its own.
 
