@@ -32,7 +32,6 @@ from prismkit.errors import PrismError
 from recorders.packs.base import ProbePack
 from recorders.packs.llama_cpp.pack import WOKE, LiveWake, shape_key
 
-
 from .alerts import AlertManager, JsonlSink, Sink, TerminalSink, WebhookSink
 
 
@@ -395,18 +394,17 @@ class Watcher:
     def _tune_wakeups(self, b: dict, v) -> None:
         """Which batches wake the detector at once (the llama_cpp pack's LiveWake).
 
-        Each wakeup preempts one of the server's lockstep compute threads (the 2-core demo loses
+        Each wakeup preempts one of the server's lockstep compute threads (the 2-core demo lost
         ~3% throughput to one per batch), yet only a batch that may be slower than expected needs
-        the detector at once. So a batch wakes it only when it lasted at
-        least its shape's floor: just below the shortest duration the detector could flag for
-        that shape (expected x (1 + enter limit), the lowest seen for the shape: expected latency
-        varies a few % within a shape, so the lowest is the bound; a 3% margin below it doubled the
-        wakeups for no missed batch on the test recordings). The
-        others are read in order at the next wakeup (the drain every poll_ms at the latest). Every
-        batch wakes it while an anomaly has not yet cost enough to alert (any batch may cross the
-        line); once alerted, updates and resolution can wait for a drain. While learning no batch
-        needs to wake it, but while the baseline is being fitted each does: the first batches
-        judged then reach the detector at once.
+        the detector at once. So a batch wakes it only when it lasted at least its shape's floor:
+        the shortest duration the detector could flag for that shape, expected x (1 + enter
+        limit), the lowest seen for the shape (expected latency varies a few % within a shape; a
+        3% margin below that doubled the wakeups and caught no more batches on the test
+        recordings). The others are read in order at the next wakeup (the drain every poll_ms at
+        the latest). Every batch wakes it while an anomaly has not yet cost enough to alert (any
+        batch may cross the line); once alerted, updates and resolution can wait for a drain.
+        While learning no batch needs to wake it, but while the baseline is being fitted each
+        does: the first batches judged then reach the detector at once.
         """
         wake = self._wake
         if wake is None:

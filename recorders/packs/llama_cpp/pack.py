@@ -97,7 +97,7 @@ class LiveWake:
 
     Modes: DRAINS (only min_gap_ms after the last wakeup, at a batch end), EVERY_BATCH, and
     SUSPECTS: a batch wakes the consumer only when it lasted at least its shape's floor, or
-    its shape has none yet. An online detector sets each shape's floor just below the
+    its shape has none yet. An online detector sets each shape's floor to the
     shortest duration it could flag (``lower_floor``); the other batches reach it in order
     at the next wakeup, so it still sees every batch, and the per-batch wakeups (each one
     preempts a compute thread of the server) are gone for the batches that are as fast as
