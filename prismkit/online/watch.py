@@ -222,7 +222,6 @@ class Watcher:
         self._lost_total: dict[str, int] = {}
         self._wake = None                         # the llama_cpp pack's LiveWake, once the recorder runs
         self._armed_ns = 0                        # probes all attached (batches that began before are not judged)
-        self.n_woke = 0                           # batches whose record woke the detector
         self.wake_exceeded = 0                    # batches beyond the enter limit while only suspects wake it ...
         self.wake_missed = 0                      # ... of which did not wake it (their shape's floor was too high)
         self.wake_counts: dict[int, list[int]] = {}   # LiveWake mode -> [batches, of which woke the detector]
@@ -416,7 +415,6 @@ class Watcher:
         seen = self.wake_counts.setdefault(wake.mode, [0, 0])   # mode it was submitted under (or just before)
         seen[0] += 1
         if key & WOKE:
-            self.n_woke += 1
             seen[1] += 1
         if self._floors_learned is not None:      # from the warm-up, once the baseline is fitted
             floors, self._floors_learned = self._floors_learned, None
@@ -623,7 +621,7 @@ class Watcher:
                              for d in self.alerts.episodes],
                 "alert_latency_ms": lat, "suppressed_below_min_excess": self.alerts.suppressed,
                 "lost_events": self.lost_events(), "restarts": self.restarts,
-                "woke_detector": self.n_woke, "woke_missed": self.wake_missed,
+                "woke_detector": sum(woke for _n, woke in self.wake_counts.values()), "woke_missed": self.wake_missed,
                 "detector_ms_p50": float(np.percentile(det, 50)) if len(det) else None,
                 "detector_ms_p99": float(np.percentile(det, 99)) if len(det) else None}
 
