@@ -302,7 +302,46 @@ def test_cpu_weight_with_and_without_an_autogroup():
         child.wait()
 
 
+def test_same_workload_ratio_measures_a_slowdown_without_the_model(baseline):
+    """The model-free yardstick: a block of normal batches runs about as fast as its same-workload
+    peers elsewhere in the recording, and the same block made 1.5x slower measures 1.5x."""
+    from prismkit.detect import same_workload_ratio
+
+    b = baseline.sort_values("ts").reset_index(drop=True)
+    block = b.iloc[len(b) // 2: len(b) // 2 + 200]
+    peers = b.drop(block.index)
+    r, n = same_workload_ratio(block, peers)
+    assert n >= 100 and 0.9 < r < 1.1, (r, n)
+    slow = block.assign(dur=block["dur"] * 1.5)
+    r_slow, n_slow = same_workload_ratio(slow, peers)
+    assert n_slow == n and r_slow == pytest.approx(1.5 * r, rel=1e-9)
+    # no peers at all: NaN, none compared
+    r_none, n_none = same_workload_ratio(block.assign(n_seqs=99), peers)
+    assert n_none == 0 and np.isnan(r_none)
+
+
 # -- a fresh recording with a real injected fault ----------------------------------------------------
+
+def _host_speed_drift(batches, fault_start: int, fault_end: int) -> list[tuple[float, float, int]]:
+    """The host's speed outside the fault, measured without the model: per 2 s segment before the
+    fault and per 1.5 s segment after it, (segment start in s from the fault's start, the segment's
+    batches' median duration over same-workload batches elsewhere before the fault, how many had
+    such peers). On this shared VM the server's speed sometimes drifts 1.2-1.7x over seconds with
+    the same workload (steal by neighbours the guest cannot see): then batches after the fault are
+    really slower than the baseline fitted before it, and alarms on them are not false alarms."""
+    from prismkit.detect import same_workload_ratio
+
+    t = ((batches["ts"] - fault_start) / 1e9).to_numpy()
+    outside = ((batches["ts"] + batches["dur"] <= fault_start) | (batches["ts"] >= fault_end)).to_numpy()
+    t_end = (fault_end - fault_start) / 1e9
+    pre = batches[outside & (t < 0)]
+    out = []
+    for lo, hi in [(-6, -4), (-4, -2), (-2, 0), (t_end, t_end + 1.5), (t_end + 1.5, t_end + 3.2)]:
+        seg = outside & (t >= lo) & (t < hi)
+        r, n = same_workload_ratio(batches[seg], pre.drop(batches.index[seg], errors="ignore"), tokens_tol=0.05)
+        out.append((round(lo, 1), round(r, 3), n))
+    return out
+
 
 @pytest.mark.server
 @pytest.mark.bpf
@@ -318,44 +357,67 @@ def test_fresh_recording_with_injected_fault(server, bpf_ok, tmp_path):
     slows every step several times). The model is fitted on the
     recording's first, normal, seconds; the fault must be found at once, with
     few false alarms.
+
+    False alarms are counted only on a recording where the host kept its
+    speed outside the fault (_host_speed_drift within 15%, measured without
+    the model); a recording where it did not is recorded again, up to three
+    times (CI failed once on such a recording: the server ran 1.2-1.3x slower
+    for seconds after the fault on the same workload, and the detector
+    flagged it). The fault must be detected on every recording.
     """
     from prismkit.detect.scenarios import Injection, LoadPhase, isolate, run_scenario
     from recorders.packs.llama_cpp import LlamaCppPack
 
-    out = tmp_path / "fresh.pftrace"
-    cpus = set(range(os.cpu_count() or 1))
-    undo = isolate(server.pid, cpus, nice=-19, engine_only=False)
-    try:
-        run_scenario(server.pid, server.url, out,
-                     [LoadPhase(14, 4, prompt="uniform:1000:1800", output="fixed:1", requests_per_s=8)],
-                     [Injection(6, 5, "cpu_contention", {"hog_autogroup_nice": -19, "n": 1})],
-                     packs=[LlamaCppPack()], server_cpus=cpus)
-    finally:
-        undo()
-    labels = read_labels(out.with_suffix(".jsonl"))
-    assert list(labels["scenario"]) == ["cpu_contention"]
-    b = load_trace(out).batches.sort_values("ts")
-    fault = labels.iloc[0]
-    before = b[b["ts"] + b["dur"] < fault["start_ns"]]
-    assert len(before) >= 60, len(before)
-    m = WorkloadModel().fit(before)
-    s = evaluate_trace(b, labels, m)
-    ours, res = s["model"], s["_result"]
-    print(ours)
-    assert ours["faults_detected"] == 1, (ours, res.anomalies)
-    assert ours["per_label"][0]["slowdown"] > 1.5
-    # Lag and recall from the fault's onset in the batches: the first batch of the window slowed 1.5x
-    # (the slowdown asserted above). The hog does not always bite at once: in 2 of 12 recordings the
-    # window's first 3-4 batches (0.1-0.2 s) ran at normal speed, then 40x, and counted from the
-    # label's start the lag was 4-6 batches and the recall 0.43. Recall: share of the batches the
-    # fault slowed 1.5x or more that are flagged.
-    B = res.batches
-    inw = np.nonzero(((B["ts"] + B["dur"]) > fault["start_ns"]).to_numpy() & (B["ts"] < fault["end_ns"]).to_numpy())[0]
-    slowed = inw[B["ratio"].to_numpy()[inw] >= 1.5]
-    onset = int(slowed[0])
-    an = res.anomalies[(res.anomalies["end_idx"] >= onset) & (res.anomalies["start_idx"] <= inw[-1])]
-    assert len(an) and int(an["alarm_idx"].min()) - onset <= 3, (onset, res.anomalies, ours["per_label"])
-    assert B["flag"].to_numpy()[slowed].mean() >= 0.6, (slowed, res.anomalies)
-    # few false alarms: at most one anomaly away from the fault (this box is shared and busy)
+    attempts = []
+    for attempt in range(3):
+        out = tmp_path / f"fresh{attempt}.pftrace"
+        cpus = set(range(os.cpu_count() or 1))
+        undo = isolate(server.pid, cpus, nice=-19, engine_only=False)
+        try:
+            run_scenario(server.pid, server.url, out,
+                         [LoadPhase(14, 4, prompt="uniform:1000:1800", output="fixed:1", requests_per_s=8)],
+                         [Injection(6, 5, "cpu_contention", {"hog_autogroup_nice": -19, "n": 1})],
+                         packs=[LlamaCppPack()], server_cpus=cpus)
+        finally:
+            undo()
+        labels = read_labels(out.with_suffix(".jsonl"))
+        assert list(labels["scenario"]) == ["cpu_contention"]
+        b = load_trace(out).batches.sort_values("ts")
+        fault = labels.iloc[0]
+        before = b[b["ts"] + b["dur"] < fault["start_ns"]]
+        assert len(before) >= 60, len(before)
+        m = WorkloadModel().fit(before)
+        s = evaluate_trace(b, labels, m)
+        ours, res = s["model"], s["_result"]
+        drift = _host_speed_drift(b, int(fault["start_ns"]), int(fault["end_ns"]))
+        print(f"attempt {attempt}:", ours, "host speed per segment:", drift)
+        assert ours["faults_detected"] == 1, (ours, res.anomalies)
+        # Lag and recall from the fault's onset in the batches: the first batch of the window from which 3
+        # of 4 batches ran 1.5x slower (the detector's persistence rule, m=3 of
+        # n=4). The hog does not always bite at once: in 2 of 12 recordings the window's first 3-4 batches
+        # (0.1-0.2 s) ran at normal speed, then 40x, and counted from the label's start the lag was 4-6
+        # batches and the recall 0.43; in one, 2 batches ran 2x, the next 2 at normal speed, then 2.4x and
+        # 14-53x. Recall: share of the batches the fault slowed 1.5x or more that are flagged.
+        B = res.batches
+        inw = np.nonzero(((B["ts"] + B["dur"]) > fault["start_ns"]).to_numpy() & (B["ts"] < fault["end_ns"]).to_numpy())[0]
+        is_slow = B["ratio"].to_numpy()[inw] >= 1.5
+        slowed = inw[is_slow]
+        sustained = [i for i in range(len(inw)) if is_slow[i] and is_slow[i:i + 4].sum() >= min(3, len(inw) - i)]
+        assert sustained, ("the fault never slowed 3 of 4 batches 1.5x", B["ratio"].to_numpy()[inw])
+        onset = int(inw[sustained[0]])
+        # the fault took: the window's batches took 1.5x their expected time in all (not the median batch's
+        # ratio: in one recording 6 batches of the first 0.25 s ran 1.0-1.6x and the next 4, 14-43x)
+        took = B["dur"].to_numpy()[inw].sum() / B["expected"].to_numpy()[inw].sum()
+        assert took > 1.5, (took, ours["per_label"])
+        an = res.anomalies[(res.anomalies["end_idx"] >= onset) & (res.anomalies["start_idx"] <= inw[-1])]
+        assert len(an) and int(an["alarm_idx"].min()) - onset <= 3, (onset, res.anomalies, ours["per_label"])
+        assert B["flag"].to_numpy()[slowed].mean() >= 0.6, (slowed, res.anomalies)
+        attempts.append(drift)
+        if all(n < 8 or 1 / 1.15 <= r <= 1.15 for _, r, n in drift):
+            break
+    else:
+        pytest.fail(f"the host's speed drifted more than 15% outside the fault in 3 recordings: {attempts}")
+    # few false alarms on a steady host: at most one anomaly away from the fault (a 0.1-0.2 s preemption
+    # by another process still happens), and few batches flagged outside it
     assert ours["false_alarms"] <= 1, res.anomalies
     assert ours["fp"] <= max(5, 0.1 * (len(b) - ours["tp"] - ours["fn"])), (ours, res.anomalies)

@@ -197,23 +197,13 @@ def test_webhook_receives_the_alert(session):
 
 
 def _same_workload_ratio(batches, ep: dict, t0: int, t1: int) -> tuple[float, int]:
-    """How much slower an episode's batches ran than batches of the same workload (n_tokens,
-    n_seqs, the same sequences, kv_tokens within 25%) outside it in [t0, t1]: the median ratio,
-    and how many of its batches had at least 5 such peers. No model involved: the workload's own
-    latency, measured. The same sequences (seq_mask), because which slots a batch holds matters:
-    3-sequence decodes took 15.5 ms on contiguous slots (0-2, 1-3) and 22 ms on the others (0,1,3
-    and 0,2,3) in one session (2026-11-24; the model has this as seq_runs)."""
+    """An episode's batches against batches of the same workload outside it in [t0, t1]
+    (prismkit.detect.same_workload_ratio: no model involved)."""
+    from prismkit.detect import same_workload_ratio
+
     b = batches[(batches["ts"] >= t0) & (batches["ts"] <= t1)]
     inside = (b["ts"] >= ep["start_ns"]) & (b["ts"] <= ep["end_ns"])
-    peers = b[~inside]
-    ratios = []
-    for _, r in b[inside].iterrows():
-        same = peers[(peers["n_tokens"] == r["n_tokens"]) & (peers["n_seqs"] == r["n_seqs"])
-                     & (peers["seq_mask"] == r["seq_mask"])
-                     & ((peers["kv_tokens"] - r["kv_tokens"]).abs() <= 0.25 * r["kv_tokens"] + 16)]
-        if len(same) >= 5:
-            ratios.append(r["dur"] / same["dur"].median())
-    return (float(np.median(ratios)) if ratios else float("nan")), len(ratios)
+    return same_workload_ratio(b[inside], b[~inside])
 
 
 def test_concurrency_step_gives_no_alert(session):

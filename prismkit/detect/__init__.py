@@ -26,7 +26,7 @@ _LAZY = {
     **dict.fromkeys(["DetectionResult", "DetectorConfig", "OnlineDetector", "Verdict", "change_points", "detect",
                      "prepare_batches"], ".detector"),
     **dict.fromkeys(["batch_truth", "eval_table", "evaluate_trace", "pooled", "rolling_median_baseline",
-                     "ruptures_raw_baseline", "score"], ".evaluate"),
+                     "ruptures_raw_baseline", "same_workload_ratio", "score"], ".evaluate"),
     **dict.fromkeys(["WorkloadModel", "holdout_split", "leave_group_out", "workload_groups"], ".model"),
 }
 __all__ = sorted(_LAZY)

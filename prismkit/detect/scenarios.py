@@ -110,8 +110,11 @@ def isolate(pid: int, cpus: set[int] | None = None, nice: int = -19, engine_only
 
 # -- injections -------------------------------------------------------------------
 # Started ahead of the window and blocked on stdin, so that the interpreter's start-up is not part of
-# the fault and the window starts exactly when the hog is released.
-_SPIN = "import sys\nsys.stdin.readline()\nwhile True:\n    pass\n"
+# the fault and the window starts exactly when the hog is released. It spins until killed, or until
+# its parent is gone (checked about every millisecond): a hog in a session of its own at nice -19
+# that outlived a killed test run would slow everything after it.
+_SPIN = ("import os, sys\nparent = int(sys.argv[1])\nsys.stdin.readline()\n"
+         "while os.getppid() == parent:\n    for _ in range(20000):\n        pass\n")
 
 
 class CpuHog:
@@ -136,7 +139,8 @@ class CpuHog:
             return self
         cpus = self.cpus
         for _ in range(self.n):
-            p = subprocess.Popen([sys.executable, "-c", _SPIN], stdin=subprocess.PIPE, start_new_session=True,
+            p = subprocess.Popen([sys.executable, "-c", _SPIN, str(os.getpid())], stdin=subprocess.PIPE,
+                                 start_new_session=True,
                                  preexec_fn=lambda: os.sched_setaffinity(0, cpus))
             self.procs.append(p)
             set_cpu_weight(p.pid, self.nice)
