@@ -327,8 +327,9 @@ def _host_speed_drift(batches, fault_start: int, fault_end: int) -> list[tuple[f
     fault and per 1.5 s segment after it, (segment start in s from the fault's start, the segment's
     batches' median duration over same-workload batches elsewhere before the fault, how many had
     such peers). On this shared VM the server's speed sometimes drifts 1.2-1.7x over seconds with
-    the same workload (steal by neighbours the guest cannot see): then batches after the fault are
-    really slower than the baseline fitted before it, and alarms on them are not false alarms."""
+    the same workload and no other process of the guest taking its CPUs (a slowdown from outside the
+    guest): then batches after the fault are really slower than the baseline fitted before it, and
+    alarms on them are not false alarms."""
     from prismkit.detect import same_workload_ratio
 
     t = ((batches["ts"] - fault_start) / 1e9).to_numpy()
@@ -392,12 +393,12 @@ def test_fresh_recording_with_injected_fault(server, bpf_ok, tmp_path):
         drift = _host_speed_drift(b, int(fault["start_ns"]), int(fault["end_ns"]))
         print(f"attempt {attempt}:", ours, "host speed per segment:", drift)
         assert ours["faults_detected"] == 1, (ours, res.anomalies)
-        # Lag and recall from the fault's onset in the batches: the first batch of the window from which 3
-        # of 4 batches ran 1.5x slower (the detector's persistence rule, m=3 of
-        # n=4). The hog does not always bite at once: in 2 of 12 recordings the window's first 3-4 batches
-        # (0.1-0.2 s) ran at normal speed, then 40x, and counted from the label's start the lag was 4-6
-        # batches and the recall 0.43; in one, 2 batches ran 2x, the next 2 at normal speed, then 2.4x and
-        # 14-53x. Recall: share of the batches the fault slowed 1.5x or more that are flagged.
+        # Lag and recall from the fault's onset in the batches: the first batch of the window from which
+        # 3 of 4 batches ran 1.5x slower (the detector's persistence rule, m=3 of n=4). The hog does not
+        # always bite at once: in 2 of 12 recordings the window's first 3-4 batches (0.1-0.2 s) ran at
+        # normal speed, then 40x, and counted from the label's start the lag was 4-6 batches and the
+        # recall 0.43; in one, 2 batches ran 2x, the next 2 at normal speed, then 2.4x and 14-53x.
+        # Recall: share of the batches the fault slowed 1.5x or more that are flagged.
         B = res.batches
         inw = np.nonzero(((B["ts"] + B["dur"]) > fault["start_ns"]).to_numpy() & (B["ts"] < fault["end_ns"]).to_numpy())[0]
         is_slow = B["ratio"].to_numpy()[inw] >= 1.5
