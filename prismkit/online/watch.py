@@ -319,13 +319,17 @@ class Watcher:
         """Per batch shape (the kernel's key), the shortest duration the detector could flag, from
         the warm-up's batches: SUSPECTS mode filters from the first watched batch on."""
         exp = model.predict(batches)
-        enter = np.array([self.detector._lim(p).enter for p in batches.get("phase", ["all"] * len(batches))])
-        floor = exp * (1.0 + enter)
+        phases = batches.get("phase", ["all"] * len(batches))
         out: dict[int, float] = {}
-        for k, f in zip(map(shape_key, batches["n_tokens"], batches["n_seqs"], batches["kv_tokens"]), floor):
+        for k, e, phase in zip(map(shape_key, batches["n_tokens"], batches["n_seqs"], batches["kv_tokens"]), exp, phases):
+            f = self._wake_floor(e, phase)
             if f == f and f < out.get(k, math.inf):
                 out[k] = float(f)
         return out
+
+    def _wake_floor(self, expected: float, phase) -> float:
+        """The shortest duration the detector could flag for a batch expected to take `expected`."""
+        return expected * (1.0 + self.detector._lim(phase).enter)
 
     # -- detector thread ----------------------------------------------------------------
     def _detector_loop(self) -> None:
@@ -434,7 +438,7 @@ class Watcher:
             if wake.mode == LiveWake.SUSPECTS and v.exceed:
                 self.wake_exceeded += 1
                 self.wake_missed += not key & WOKE
-            wake.lower_floor(key, v.expected * (1.0 + det._lim(b.get("phase", "all")).enter))
+            wake.lower_floor(key, self._wake_floor(v.expected, b.get("phase", "all")))
         if want != wake.mode:
             wake.set(want)
 
