@@ -11,6 +11,9 @@
    generator); its CPU use is printed too. Then one more recording with
    kernel.bpf_stats_enabled=1 says where the cost goes: the BPF programs' own time
    per pack and probe hits per second (uprobe traps, ~1-1.5 us each, come on top).
+   --toggle-s S instead keeps one recorder loaded for the whole run and detaches and
+   attaches its probes every S seconds (prism record's SIGUSR1/SIGUSR2): each attached
+   segment is compared with the detached ones beside it, so the host's slow drifts cancel.
 2. Event rate: the tiny model under heavy load (many short batches) with the
    recorder at its default buffer size and with smaller ones; prints events/s
    and lost events, and the highest rate recorded without loss.
@@ -114,6 +117,104 @@ def overhead(model: str, pairs: int, seconds: float, concurrency: int, port: int
                 _where_it_goes(info, Path(tmp), seconds, concurrency, packs, extra)
     finally:
         srv.stop()
+
+
+def overhead_toggled(model: str, seconds: float, segment_s: float, concurrency: int, port: int,
+                     packs: str | None = None, watch: bool = False, extra: tuple[str, ...] = (),
+                     settle_s: float = 0.25) -> None:
+    """The recorder kept loaded while its probes are detached and attached again every
+    segment_s (SIGUSR2 / SIGUSR1): each recorded segment is compared with the detached
+    segments on either side of it, a few seconds apart, so that the host's own drift (tens
+    of percent over tens of seconds here) cancels. Throughput per segment is the number of
+    tokens the load generator received in it (the first settle_s after each switch left out)."""
+    import threading
+
+    import numpy as np
+
+    srv = LlamaServer(model=model, port=port, name="bench-overhead", n_parallel=concurrency)
+    info = srv.start()
+    try:
+        throughput(info.url, 5, concurrency, seed=0)  # warm up
+        what = "prism watch" if watch else "prism record"
+        print(f"overhead of {what}, probes attached and detached every {segment_s:g}s (the recorder stays "
+              f"loaded): model {model}, closed loop c={concurrency}, {seconds:.0f}s, packs: {packs or 'all default'}"
+              + (f", options: {' '.join(extra)}" if extra else ""))
+        with tempfile.TemporaryDirectory() as tmp:
+            watch_model = _baseline_model(info, Path(tmp), concurrency, packs) if watch else None
+            out = Path(tmp) / "toggled.pftrace"
+            rec = _start_record(info.pid, out, packs, watch_model, extra)
+            cpu_marks: list[tuple[int, float]] = []  # (monotonic ns, recorder CPU s) at each switch
+            done = threading.Event()
+
+            def toggle() -> None:
+                attached = True
+                while not done.wait(segment_s):
+                    cpu_marks.append((time.monotonic_ns(), _cpu_s(rec.pid)))
+                    rec.send_signal(signal.SIGUSR1 if attached else signal.SIGUSR2)
+                    attached = not attached
+
+            specs = closed_loop(100_000, parse_length_dist("fixed:64"), parse_length_dist("fixed:32"), seed=1)
+            switcher = threading.Thread(target=toggle, daemon=True)
+            switcher.start()
+            res = run_load(info.url, specs, concurrency=concurrency, duration_s=seconds, progress=False)
+            done.set()
+            switcher.join()
+            cpu_marks.append((time.monotonic_ns(), _cpu_s(rec.pid)))
+            rec.send_signal(signal.SIGINT)
+            rec.wait(60)
+            segments = _toggled_segments(out, settle_s)
+            chunks = np.sort(np.fromiter((t for r in res.results for t in r.chunk_ts_ns), dtype=np.int64))
+    finally:
+        srv.stop()
+    rates = []
+    for begin, end, attached in segments:
+        n = np.searchsorted(chunks, end) - np.searchsorted(chunks, begin)
+        rates.append((n / ((end - begin) / 1e9), attached))
+    ratios = [rates[i][0] / ((rates[i - 1][0] + rates[i + 1][0]) / 2)
+              for i in range(1, len(rates) - 1) if rates[i][1] and not rates[i - 1][1] and not rates[i + 1][1]]
+    if len(ratios) < 4:
+        raise SystemExit(f"only {len(ratios)} recorded segments between two detached ones: run longer")
+    cpu_on, cpu_off = _cpu_by_state(cpu_marks)
+    r = np.asarray(ratios)
+    boot = np.random.default_rng(0).choice(r, size=(5000, len(r)))
+    mean_lo, mean_hi = np.quantile(boot.mean(axis=1), [0.025, 0.975])
+    med_lo, med_hi = np.quantile(np.median(boot, axis=1), [0.025, 0.975])
+    on = np.array([x for x, a in rates if a])
+    off = np.array([x for x, a in rates if not a])
+    print(f"  {len(on)} segments attached, {len(off)} detached; tokens/s attached {on.mean():.1f}, "
+          f"detached {off.mean():.1f} (their spread over the run: {off.std() / off.mean():.1%} of the mean)")
+    print(f"  recorder CPU: {cpu_on:.3f} attached, {cpu_off:.4f} detached")
+    print(f"attached / neighbouring detached throughput, {len(r)} segments: mean {r.mean():.4f} "
+          f"(95% interval {mean_lo:.4f}-{mean_hi:.4f}), median {np.median(r):.4f} ({med_lo:.4f}-{med_hi:.4f})"
+          f"  -> overhead {100 * (1 - r.mean()):+.2f}% (goal: under 1%)")
+
+
+def _toggled_segments(trace: Path, settle_s: float) -> list[tuple[int, int, bool]]:
+    """(begin, end, attached) of each segment of a toggled recording, from its prismkit.paused and
+    prismkit.resumed instants; each begins settle_s after its switch was complete."""
+    import numpy as np
+
+    from prismkit.trace import load_trace
+
+    tr = load_trace(trace)
+    s = tr.slices
+    marks = s[s["name"].isin(["prismkit.paused", "prismkit.resumed"])].sort_values("ts")
+    took = tr.arg("detach_ms", marks, 0.0) + tr.arg("attach_ms", marks, 0.0)
+    edges = [(int(ts), int(ts + ms * 1e6), name == "prismkit.resumed")
+             for ts, ms, name in zip(marks["ts"], np.nan_to_num(took), marks["name"])]
+    settle = int(settle_s * 1e9)
+    return [(switched + settle, nxt_ts, attached)
+            for (_ts, switched, attached), (nxt_ts, _sw, _a) in zip(edges, edges[1:]) if nxt_ts > switched + settle]
+
+
+def _cpu_by_state(marks: list[tuple[int, float]]) -> tuple[float, float]:
+    """The recorder's CPU (s/s) over attached and detached segments (the first one is attached)."""
+    use = {True: [0.0, 0.0], False: [0.0, 0.0]}
+    for i, ((t0, c0), (t1, c1)) in enumerate(zip(marks, marks[1:])):
+        row = use[i % 2 == 1]  # segment i + 1 after the first switch: detached when i is even
+        row[0] += c1 - c0
+        row[1] += (t1 - t0) / 1e9
+    return (use[True][0] / max(use[True][1], 1e-9), use[False][0] / max(use[False][1], 1e-9))
 
 
 def _median_interval(ratios: list[float], n: int = 5000, seed: int = 0) -> tuple[float, float]:
@@ -285,6 +386,9 @@ def main() -> None:
     ap.add_argument("--control-burn-ms", type=float, default=None, metavar="MS",
                     help="B runs a plain process that burns MS of CPU every 200 ms instead of the recorder "
                          "(the recorder's CPU without its probes: how well this host resolves a loss that small)")
+    ap.add_argument("--toggle-s", type=float, default=None, metavar="S",
+                    help="instead of A/B runs: one recording whose probes are detached and attached again "
+                         "every S seconds (e.g. 1.5; --seconds is then the whole run, e.g. 300)")
     ap.add_argument("--bpf-stats", action="store_true",
                     help="leave kernel.bpf_stats_enabled on (per-program run counts in the traces; "
                          "costs ~20-40 ns per probe hit, so off by default, as on a production host)")
@@ -299,6 +403,10 @@ def main() -> None:
 
 
 def _run(args) -> None:
+    if args.toggle_s:
+        overhead_toggled(args.model, args.seconds, args.toggle_s, args.concurrency, args.port, args.packs,
+                         args.watch, tuple(shlex.split(args.record_args)))
+        return
     overhead(args.model, args.pairs, args.seconds, args.concurrency, args.port, args.packs, args.watch,
              tuple(shlex.split(args.record_args)), args.control_burn_ms)
     if not args.no_event_rate:

@@ -6,6 +6,10 @@ Stops on the duration, Ctrl-C, SIGTERM or the target's exit, and always
 leaves a valid trace: events are written as they arrive, the file is flushed
 every 100 ms, and the stop path drains the buffers, writes the final stats
 (lost events per buffer) and closes the file.
+
+`pause()` detaches every probe until `resume()` (`prism record`: SIGUSR1 and
+SIGUSR2); the trace marks each gap with ``prismkit.paused`` and
+``prismkit.resumed`` instants.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from prismkit.errors import PrismError
 
 from .packs import default_packs
 from .packs.base import AttachReport, ProbePack
+from .probe_switch import ProbeSwitch
 from .ringbuf import RingReader, open_ring_reader
 from .target import TargetProcess
 from .trace_writer import TraceWriter
@@ -278,6 +283,10 @@ class Recorder:
         self.summary: RecordingSummary | None = None
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._want_paused = False
+        self._control_fd: int | None = None  # eventfd: pause, resume or stop was asked for
+        self.pauses = 0
+        self.paused_ns = 0
 
     def _log(self, msg: str) -> None:
         if self.verbose:
@@ -288,6 +297,27 @@ class Recorder:
         if self._stop_reason is None:
             self._stop_reason = reason
         self._stop_event.set()
+        self._poke()
+
+    def pause(self) -> None:
+        """Detach every probe until resume() (thread-safe). The target then runs without any
+        probe, nothing is recorded, and the trace marks the gap; calls, scheduler intervals
+        and requests in progress at the pause are not joined across it."""
+        self._want_paused = True
+        self._poke()
+
+    def resume(self) -> None:
+        """Attach the probes again after pause() (thread-safe)."""
+        self._want_paused = False
+        self._poke()
+
+    def _poke(self) -> None:
+        fd = self._control_fd
+        if fd is not None:
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError:  # closed as the recording ended
+                pass
 
     def start_background(self, timeout: float = 60.0) -> "Recorder":
         """Run the recording in a thread; return once it is attached (or raise its error)."""
@@ -343,6 +373,7 @@ class Recorder:
             raise PrismError(f"PID {target.pid} ({target.comm}) maps no known engine library (looked for {known})")
         self.output.parent.mkdir(parents=True, exist_ok=True)
         bpf = self._compile(target, packs)
+        switch = ProbeSwitch(bpf)  # keeps each attach call, for pause() and resume()
         report = AttachReport()
         try:
             for p in packs:
@@ -391,9 +422,10 @@ class Recorder:
         # batch end): sleep a poll interval instead.
         bcc_polls = bool(getattr(bpf, "_ringbuf_manager", None))
         main_polls = bcc_polls or bool(ctx.bulk_buffers) or batch_end is not None
+        self._control_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         waiter = RingWaiter([bpf[n.encode() if isinstance(n, str) else n].map_fd for n in ctx.main_buffers]
                             + [fd for fd, _reader, _drain in ctx.bulk_buffers]
-                            + ([batch_end] if batch_end is not None else []))
+                            + ([batch_end] if batch_end is not None else []) + [self._control_fd])
         # Drains follow batch ends (at most one per poll interval), when the engine samples and
         # sends tokens on one thread and the recorder takes no CPU from its lockstep compute
         # threads; the timer only covers an idle server.
@@ -404,6 +436,8 @@ class Recorder:
         if threading.current_thread() is threading.main_thread():
             for sig, reason in ((signal.SIGINT, "sigint"), (signal.SIGTERM, "sigterm")):
                 old_handlers[sig] = signal.signal(sig, lambda *_a, r=reason: self.stop(r))
+            old_handlers[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_a: self.pause())
+            old_handlers[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, lambda *_a: self.resume())
         self._log(f"recording PID {target.pid} ({target.comm}) into {self.output}"
                   + (f" for {self.duration_s:g}s" if self.duration_s else "") + "; Ctrl-C to stop")
         deadline = time.monotonic() + self.duration_s if self.duration_s else None
@@ -414,8 +448,23 @@ class Recorder:
         lost_last: dict[str, int] = {}
         lost_tracks = {buf: ctx.counter_track(f"lost_events.{buf}", "events")
                        for p in packs for buf in p.buffers}
+
+        def drain() -> None:
+            # work the live thread handed over before this drain began: what it depends on
+            # (a batch's stages, in another buffer) is then drained too
+            ready = ctx.deferred_count()
+            if bcc_polls:
+                bpf.ring_buffer_consume()
+            ctx.drain_bulk()
+            ctx.run_deferred(ready)
+
         try:
             while not self._stop_event.is_set():
+                if self._want_paused:
+                    drain()
+                    self._paused(switch, ctx, packs, bpf, target, deadline)
+                    next_drain = next_sample = time.monotonic()
+                    continue
                 if main_polls:
                     # Packs submit most records without a wakeup (one per record would have the
                     # recorder preempt the server's threads all the time): a buffer wakes us only
@@ -429,13 +478,7 @@ class Recorder:
                         except BlockingIOError:
                             pass
                     if woken or now >= next_drain:
-                        # work the live thread handed over before this drain began: what it
-                        # depends on (a batch's stages, in another buffer) is then drained too
-                        ready = ctx.deferred_count()
-                        if bcc_polls:
-                            bpf.ring_buffer_consume()
-                        ctx.drain_bulk()
-                        ctx.run_deferred(ready)
+                        drain()
                         if now >= next_drain or batch_end is not None:
                             next_drain = now + drain_gap_s
                 else:
@@ -470,6 +513,8 @@ class Recorder:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             waiter.close()
+            os.close(self._control_fd)
+            self._control_fd = None
             target.close()
             try:
                 summary = self._finish(bpf, ctx, packs, report, t_start)
@@ -477,6 +522,39 @@ class Recorder:
                 if batch_end is not None:  # the live thread, which writes it, has stopped
                     os.close(batch_end)
         return summary
+
+    def _paused(self, switch: ProbeSwitch, ctx: RecordingContext, packs, bpf, target: TargetProcess,
+                deadline: float | None) -> None:
+        """Detach every probe, wait for resume() (or a stop), then attach them again."""
+        t_pause = time.monotonic_ns()
+        took = switch.detach()
+        ctx.writer.instant(ctx.process_track, t_pause, "prismkit.paused", "metadata",
+                           {"detach_ms": round(took * 1e3, 3)})
+        self._log(f"paused: {len(switch.calls)} probes detached in {took * 1e3:.1f} ms (SIGUSR2 resumes)")
+        self.pauses += 1
+        fd = self._control_fd
+        while self._want_paused and not self._stop_event.is_set():
+            select.select([fd], [], [], 0.5)
+            try:
+                os.eventfd_read(fd)
+            except BlockingIOError:
+                pass
+            if deadline is not None and time.monotonic() >= deadline:
+                self.stop("duration")
+            elif not target.alive():
+                self.stop("target_exit")
+        t_resume = time.monotonic_ns()
+        self.paused_ns += t_resume - t_pause
+        if self._stop_event.is_set():
+            return
+        for p in packs:
+            p.before_resume(bpf)
+        took, failed = switch.attach()
+        for why in failed:
+            self._log(f"NOT re-attached {why}")
+        ctx.writer.instant(ctx.process_track, t_resume, "prismkit.resumed", "metadata",
+                           {"attach_ms": round(took * 1e3, 3), "failed": "; ".join(failed)})
+        self._log(f"resumed: {len(switch.calls)} probes attached in {took * 1e3:.1f} ms")
 
     def _status_line(self, packs, lost: int) -> None:
         if not self.verbose:
@@ -515,6 +593,7 @@ class Recorder:
         t_end = time.monotonic_ns()
         probe_cost = bpf_program_stats(bpf)
         stats = {"stop_reason": reason, "lost_events": sum(lost.values()), "duration_ns": t_end - t_start,
+                 "pauses": self.pauses, "paused_ns": self.paused_ns,
                  **{f"lost_events.{k}": v for k, v in lost.items()}, **{f"events.{k}": v for k, v in events.items()},
                  **{f"bpf.{k}.run_cnt": v[0] for k, v in probe_cost.items()},
                  **{f"bpf.{k}.run_ns": v[1] for k, v in probe_cost.items()}}

@@ -133,6 +133,84 @@ def test_signal_leaves_valid_trace(server, bpf_ok, tmp_path, sig, reason):
     assert trace.metadata["lost_events"] == 0
 
 
+def _decode_entry_bytes(pid: int) -> tuple[bytes, bytes]:
+    """The first 16 bytes of llama_decode as the target's memory holds them, and as its library
+    file does: they differ only while a uprobe's breakpoint is in place."""
+    from recorders.elf import find_symbol
+    from recorders.target import TargetProcess
+
+    path = TargetProcess.from_pid(pid).library("libllama")
+    sym = find_symbol(path, "llama_decode")
+    maps = [line.split() for line in Path(f"/proc/{pid}/maps").read_text().splitlines()]
+    mine = [(int(m[0].split("-")[0], 16), int(m[0].split("-")[1], 16), int(m[2], 16))
+            for m in maps if len(m) >= 6 and m[5] == path]
+    base = min(start for start, _end, off in mine if off == 0)
+    addr = base + sym.vaddr
+    start, _end, off = next(m for m in mine if m[0] <= addr < m[1])
+    with open(f"/proc/{pid}/mem", "rb") as mem:
+        mem.seek(addr)
+        live = mem.read(16)
+    with open(path, "rb") as f:
+        f.seek(addr - start + off)
+        return live, f.read(16)
+
+
+def _wait_for_bytes(out: Path, marker: bytes, proc: subprocess.Popen, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while marker not in out.read_bytes():
+        assert proc.poll() is None and time.monotonic() < deadline, f"no {marker!r} in the trace"
+        time.sleep(0.1)
+
+
+def test_pause_detaches_every_probe_and_resume_attaches_them_again(server, bpf_ok, tmp_path):
+    """SIGUSR1 detaches the probes: no breakpoint stays in the engine, and nothing the server
+    does meanwhile is recorded. SIGUSR2 attaches them again. The trace marks the gap, and no
+    scheduler interval spans it."""
+    out = tmp_path / "paused.pftrace"
+    proc = _record_cli(server.pid, out)
+    _wait_for_attach(proc, out)
+    live, on_disk = _decode_entry_bytes(server.pid)
+    assert live != on_disk, "attached: llama_decode holds the uprobe's breakpoint"
+    c0 = server_counters(server.url)
+    small_load(server.url, n=8, seed=1)
+    c1 = server_counters(server.url)
+    proc.send_signal(signal.SIGUSR1)
+    _wait_for_bytes(out, b"prismkit.paused", proc)
+    live, on_disk = _decode_entry_bytes(server.pid)
+    assert live == on_disk, "paused: the engine's code is as in its file"
+    small_load(server.url, n=8, seed=2)
+    c2 = server_counters(server.url)
+    proc.send_signal(signal.SIGUSR2)
+    _wait_for_bytes(out, b"prismkit.resumed", proc)
+    assert _decode_entry_bytes(server.pid)[0] != on_disk
+    small_load(server.url, n=8, seed=3)
+    c3 = server_counters(server.url)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "paused:" in err and "resumed:" in err and "NOT re-attached" not in err
+
+    trace = load_trace(out)
+    md = trace.metadata
+    assert md["pauses"] == 1 and md["lost_events"] == 0
+    s = trace.slices
+    t_pause = int(s.loc[s["name"] == "prismkit.paused", "ts"].iloc[0])
+    t_resume = int(s.loc[s["name"] == "prismkit.resumed", "ts"].iloc[0])
+    assert md["paused_ns"] == t_resume - t_pause > 0
+    b = trace.batches
+    decodes = lambda a, z: z["n_decode_total"] - a["n_decode_total"]  # noqa: E731
+    assert decodes(c1, c2) > 0
+    assert not b["ts"].between(t_pause, t_resume).any(), "nothing recorded while paused"
+    assert (b["ts"] < t_pause).sum() == decodes(c0, c1)
+    assert (b["ts"] > t_resume).sum() == decodes(c2, c3), "every decode after the resume is a batch"
+    sched = trace.sched
+    assert len(sched) > 0
+    assert not ((sched["ts"] < t_pause) & (sched["ts"] + sched["dur"] > t_resume)).any()
+    req = trace.requests
+    # the 16 completions and the 3 reads of /metrics made while attached (not the one made while paused)
+    assert len(req) == 16 + 3 and not req["ts_arrival"].between(t_pause, t_resume).any()
+
+
 def test_target_exit_leaves_valid_trace(bpf_ok, tmp_path):
     from prismkit.target.build import server_binary
 

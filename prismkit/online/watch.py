@@ -659,9 +659,15 @@ def run_watch(cfg: WatchConfig, live: bool | None = None, status_every_s: float 
     def on_signal(signum, _frame):
         stop_sig.append("sigint" if signum == signal.SIGINT else "sigterm")
 
+    def on_pause(signum, _frame):  # as prism record: SIGUSR1 detaches the probes, SIGUSR2 attaches them
+        rec = w.recorder
+        if rec is not None:
+            rec.pause() if signum == signal.SIGUSR1 else rec.resume()
+
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     w = Watcher(cfg, log=(lambda m: console.print(m if m.startswith("[watch]") else f"[watch] {m}",
                                                   markup=False, highlight=False)) if console else None)
+    old.update({s: signal.signal(s, on_pause) for s in (signal.SIGUSR1, signal.SIGUSR2)})
     try:
         w.start()
         next_status = time.monotonic() + status_every_s

@@ -52,6 +52,8 @@ class ProbePack:
     sample_every_s: float | None = None
     #: False: prism record loads it only when asked (default_packs(opt_in=...), --packs)
     on_by_default: bool = True
+    #: BPF maps of calls in progress, cleared when a paused recording resumes (before_resume)
+    state_maps: tuple[str, ...] = ()
 
     def applies_to(self, target: "TargetProcess") -> bool:
         return True
@@ -64,6 +66,13 @@ class ProbePack:
 
     def start(self, bpf, ctx: "RecordingContext") -> None:
         pass
+
+    def before_resume(self, bpf) -> None:
+        """Called with every probe detached, just before a paused recording attaches them again:
+        forget the state of calls and intervals that began before the pause (`state_maps`
+        are cleared), so that none of them spans the gap."""
+        for name in self.state_maps:
+            bpf[name.encode()].clear()
 
     def sample(self, ctx: "RecordingContext", now_ns: int) -> None:
         """Called periodically by the engine (counters)."""

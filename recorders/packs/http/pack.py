@@ -178,6 +178,7 @@ class HttpPack(ProbePack):
     name = "http"
     bpf_file = Path(__file__).with_name("http.bpf.c")
     buffers = {"http_events": "http_lost"}
+    state_maps = ("http_calls",)
 
     def __init__(self) -> None:
         self._hold_ns = HOLD_NS

@@ -181,6 +181,7 @@ class LlamaCppPack(ProbePack):
     library_hint = "libllama"
     bpf_file = Path(__file__).with_name("llama_cpp.bpf.c")
     buffers = {"llama_events": "llama_lost", "llama_stage_events": "llama_stage_lost"}
+    state_maps = ("llama_open_batch", "llama_threads")
 
     def __init__(self) -> None:
         self.batches = 0

@@ -23,6 +23,7 @@ per-thread totals and the per-preemptor totals.
 """
 from __future__ import annotations
 
+import ctypes as ct
 import os
 import struct
 import time
@@ -165,6 +166,18 @@ class SchedPack(ProbePack):
         self._ctx = ctx
         self._bpf = bpf
         ctx.open_bulk_buffer(bpf, "sched_events", self._drain)
+
+    def before_resume(self, bpf) -> None:
+        """Each thread's interval in progress is forgotten, its totals kept: the first switch
+        after the pause starts afresh (no off-CPU interval or run-queue wait spans the gap)."""
+        threads = bpf[b"sched_threads"]
+        for tid, t in list(threads.items()):
+            t.off = t.waiting = 0
+            t.ts_off = t.ts_on = t.ts_wake = 0
+            threads[tid] = t
+        cpus = bpf[b"sched_cpus"]
+        for i in range(len(cpus)):
+            cpus[ct.c_int(i)] = cpus.Leaf()
 
     # -- events --------------------------------------------------------------
     def _track(self, tid: int) -> int:
