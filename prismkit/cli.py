@@ -154,7 +154,9 @@ def _cmd_load(args: argparse.Namespace) -> int:
 
 
 def _add_record(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("record", help="attach to a live server by PID and record a Perfetto trace")
+    p = sub.add_parser("record", help="attach to a live server by PID and record a Perfetto trace",
+                       epilog="Signals: SIGINT/SIGTERM stop (the trace stays valid); SIGUSR1 pauses (every probe "
+                              "detached), SIGUSR2 resumes.")
     p.add_argument("--pid", type=int, default=None, help="server PID (default: the server `prism target start` started)")
     p.add_argument("--duration", type=float, default=None, help="seconds to record (default: until Ctrl-C or the target exits)")
     p.add_argument("-o", "--output", type=Path, default=Path("out/trace.pftrace"))
@@ -324,7 +326,9 @@ def _cmd_inject(args: argparse.Namespace) -> int:
 
 
 def _add_watch(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("watch", help="record a live server and alert on latency anomalies as batches complete")
+    p = sub.add_parser("watch", help="record a live server and alert on latency anomalies as batches complete",
+                       epilog="Signals: SIGINT/SIGTERM stop; SIGUSR1 pauses the recorder (every probe detached, "
+                              "nothing watched), SIGUSR2 resumes.")
     p.add_argument("--pid", type=int, default=None, help="server PID (default: the server `prism target start` started)")
     p.add_argument("--model", type=Path, default=None, help="baseline WorkloadModel (JSON); default: learn one during --warmup")
     p.add_argument("--warmup", type=float, default=30.0, help="seconds of batches to learn the baseline from (no --model)")

@@ -380,6 +380,10 @@ def test_sigint_leaves_valid_trace_and_summary(wserver, tmp_path):
                           "--no-causes", "--nice", "-3"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     time.sleep(6)
+    p.send_signal(signal.SIGUSR1)  # pause: every probe detached (a few seconds here)...
+    time.sleep(4)
+    p.send_signal(signal.SIGUSR2)  # ...and attached again
+    time.sleep(2)
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=60)
     load.terminate()
@@ -392,6 +396,12 @@ def test_sigint_leaves_valid_trace_and_summary(wserver, tmp_path):
     assert "learning a baseline" in stderr
     t = load_trace(out)
     assert len(t.batches) > 0
+    assert t.metadata["pauses"] == 1
+    s = t.slices
+    paused = s.loc[s["name"] == "prismkit.paused", "ts"].iloc[0]
+    resumed = s.loc[s["name"] == "prismkit.resumed", "ts"].iloc[0]
+    assert not t.batches["ts"].between(paused, resumed).any()
+    assert (t.batches["ts"] > resumed).any(), "batches are watched again after the resume"
 
 
 @pytest.mark.parametrize("follow", ["port", "cmd"])
