@@ -185,7 +185,8 @@ def overhead_toggled(model: str, seconds: float, segment_s: float, concurrency: 
           f"detached {off.mean():.1f} (their spread over the run: {off.std() / off.mean():.1%} of the mean)")
     print(f"  recorder CPU: {cpu_on:.3f} attached, {cpu_off:.4f} detached")
     print(f"attached / neighbouring detached throughput, {len(r)} segments: mean {r.mean():.4f} "
-          f"(95% interval {mean_lo:.4f}-{mean_hi:.4f}), median {np.median(r):.4f} ({med_lo:.4f}-{med_hi:.4f})"
+          f"(95% interval {mean_lo:.4f}-{mean_hi:.4f}; one segment's ratio varies by {r.std():.1%}), "
+          f"median {np.median(r):.4f} ({med_lo:.4f}-{med_hi:.4f})"
           f"  -> overhead {100 * (1 - r.mean()):+.2f}% (goal: under 1%)")
 
 
