@@ -513,8 +513,8 @@ class Recorder:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             waiter.close()
-            os.close(self._control_fd)
-            self._control_fd = None
+            control, self._control_fd = self._control_fd, None  # no _poke() writes to it from now on
+            os.close(control)
             target.close()
             try:
                 summary = self._finish(bpf, ctx, packs, report, t_start)
