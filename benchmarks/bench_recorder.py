@@ -389,7 +389,8 @@ def main() -> None:
                          "(the recorder's CPU without its probes: how well this host resolves a loss that small)")
     ap.add_argument("--toggle-s", type=float, default=None, metavar="S",
                     help="instead of A/B runs: one recording whose probes are detached and attached again "
-                         "every S seconds (e.g. 1.5; --seconds is then the whole run, e.g. 300)")
+                         "every S seconds (e.g. 4: longer than a detach, ~2 s here; --seconds is then the whole "
+                         "run, e.g. 1200)")
     ap.add_argument("--bpf-stats", action="store_true",
                     help="leave kernel.bpf_stats_enabled on (per-program run counts in the traces; "
                          "costs ~20-40 ns per probe hit, so off by default, as on a production host)")

@@ -23,7 +23,6 @@ per-thread totals and the per-preemptor totals.
 """
 from __future__ import annotations
 
-import ctypes as ct
 import os
 import struct
 import time
@@ -175,9 +174,7 @@ class SchedPack(ProbePack):
             t.off = t.waiting = 0
             t.ts_off = t.ts_on = t.ts_wake = 0
             threads[tid] = t
-        cpus = bpf[b"sched_cpus"]
-        for i in range(len(cpus)):
-            cpus[ct.c_int(i)] = cpus.Leaf()
+        bpf[b"sched_cpus"].clear()  # a BPF array: every element zeroed
 
     # -- events --------------------------------------------------------------
     def _track(self, tid: int) -> int:
