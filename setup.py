@@ -1,4 +1,5 @@
-"""Build the optional native trace decoder (prismkit/trace/_wire.c) and event encoder (recorders/_encode.c).
+"""Build the optional native parts: the trace decoder (prismkit/trace/_wire.c), the event encoder
+(recorders/_encode.c) and gdb's ptrace shim for `prism python-monitor` (recorders/packs/pymonitor/gdb_xstate.c).
 
 Project metadata lives in pyproject.toml; this file only adds the C extension.
 The extension is optional: if it cannot be compiled, prismkit falls back to a
@@ -18,6 +19,13 @@ setup(
             "recorders._encode",
             sources=["recorders/_encode.c"],
             extra_compile_args=["-O2", "-std=c99", "-Wall"],
+            optional=True,
+        ),
+        Extension(  # not a Python module: an LD_PRELOAD library for gdb < 14 on AMX CPUs (see the file)
+            "recorders.packs.pymonitor._gdb_xstate",
+            sources=["recorders/packs/pymonitor/gdb_xstate.c"],
+            extra_compile_args=["-O2", "-Wall"],
+            libraries=["dl"],
             optional=True,
         ),
     ],

@@ -154,6 +154,26 @@ def _gdb() -> str:
     return gdb
 
 
+def _gdb_env() -> dict[str, str]:
+    """gdb's environment: with the ptrace shim preloaded where it is built (x86-64).
+
+    gdb 13 (Debian 12's) writes a 2696-byte XSAVE buffer that Linux refuses on CPUs
+    with AMX state (11008 bytes), so its function calls fail and leave the target's
+    interrupted system call returning ERESTARTNOHAND (514); gdb_xstate.c completes
+    the write. On other hosts the shim passes every call through.
+    """
+    import importlib.machinery
+
+    env = dict(os.environ)
+    here = Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        shim = here / f"_gdb_xstate{suffix}"
+        if shim.exists():
+            env["LD_PRELOAD"] = " ".join(filter(None, [str(shim), env.get("LD_PRELOAD", "")]))
+            break
+    return env
+
+
 def _gdb_script(source: bytes) -> str:
     # gdb's own Python: one mmap'd page (no malloc in the stopped process), the source written
     # into it, then the pending call. Py_AddPendingCall only queues: the main thread runs it later.
@@ -193,7 +213,7 @@ def run_in_target(pid: int, params: dict, timeout_s: float = 10.0) -> dict:
         f.flush()
         try:
             res = subprocess.run(cmd + [f.name], capture_output=True, text=True, timeout=60,
-                                 stdin=subprocess.DEVNULL)
+                                 stdin=subprocess.DEVNULL, env=_gdb_env())
         except subprocess.TimeoutExpired:
             raise PrismError(f"gdb did not finish within 60 s on PID {pid}") from None
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("PRISM_PENDING")), None)
