@@ -79,7 +79,7 @@ class Receiver:
 
 @pytest.fixture(scope="module")
 def wserver(bpf_ok):
-    """The demo model's llama-server (decode steps of ~10-20 ms, as a real deployment's): with the
+    """The demo model's llama-server (decode steps of ~10-30 ms, as a real deployment's): with the
     tiny model's sub-millisecond steps, over 1,000 a second, the detector's own ~0.1 ms per batch
     on these 2 cores slows the server it watches.
 
@@ -154,8 +154,14 @@ def _overlapping(w, start_ns: int, end_ns: int) -> list[dict]:
 
 
 def test_stall_gives_one_episode_within_goal(session):
+    from prismkit.trace import load_trace
+
     w = session["w"]
-    # SIGSTOP pauses of 40 ms every 120 ms for 1.5 s: several land inside llama_decode calls
+    # this host's decode step, from the live trace (10-20 ms on some hosts, ~25 ms on others)
+    b = load_trace(w.traces[0]).batches
+    step_ms = float(b[b["n_prefill_tokens"] == 0]["dur"].tail(100).median()) / 1e6
+    # SIGSTOP pauses of 40 ms every 120 ms for 1.5 s: several land inside llama_decode calls,
+    # which then take step + 40 ms
     label = _inject(session["info"].pid, "stall", 1.5, session["dir"] / "labels.jsonl", pause_ms=40, period_ms=120)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 15:    # resolved: resolve_after_s (1 s) without anomaly after the fault
@@ -169,7 +175,8 @@ def test_stall_gives_one_episode_within_goal(session):
     assert len(eps) == 1, eps
     ep = eps[0]
     assert ep["status"] == "resolved", ep
-    assert ep["max_ratio"] > 5, ep
+    stretched = 1 + 40 / step_ms   # a decode step with a whole pause in it, against its expected time
+    assert ep["max_ratio"] > 0.8 * stretched, (ep, step_ms)
     jsonl = next(s for s in w.sinks if s.name == "jsonl")
     lat = [(s - r) / 1e6 for a, e, r, s in jsonl.sent if a == ep["alert_id"] and e == "opened"]
     assert len(lat) == 1 and lat[0] < GOAL_MS, lat
