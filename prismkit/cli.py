@@ -179,9 +179,6 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-all-syscalls", action="store_true",
                    help="with --syscalls: time futex calls too (default: counted only; ~280 ns each on the "
                         "server's thread pool)")
-    p.add_argument("--normal-priority", action="store_true",
-                   help="run the recorder's threads at normal CPU priority (default: SCHED_IDLE, so that they "
-                        "use the CPU the server leaves idle; back to normal when a drain falls 0.5 s behind)")
     p.add_argument("--capture-paths", action="store_true",
                    help="also record each request's HTTP path (off by default: sizes and timings only)")
     p.add_argument("--packs", default=None, metavar="NAMES",
@@ -242,7 +239,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
                    ringbuf_pages=args.ringbuf_pages, poll_interval_ms=args.poll_ms,
                    capture_paths=args.capture_paths, min_offcpu_us=args.min_offcpu_us,
                    min_preempt_us=args.min_preempt_us, min_stage_us=args.min_stage_us,
-                   time_all_syscalls=args.time_all_syscalls, idle_priority=not args.normal_priority,
+                   time_all_syscalls=args.time_all_syscalls,
                    verbose=not args.quiet)
     summary = rec.run()
     print(f"trace: {summary.path}  (open it in https://ui.perfetto.dev)")

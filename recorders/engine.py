@@ -151,56 +151,6 @@ class RingWaiter:
         self._ep.close()
 
 
-class IdlePriority:
-    """The recorder's own threads at SCHED_IDLE, with a way back.
-
-    At idle priority a thread runs only where no other thread wants the CPU, so the
-    drains and the trace writing (several ms of CPU a second) take no time from the
-    server's compute threads, which run in lockstep: a recorder preempting one of them
-    delays the whole step. A busy server still leaves its CPUs idle between steps and
-    while it waits for requests. On a host saturated by other work the recorder would fall
-    behind; when a drain comes LATE_S after it was due, its threads go back to normal
-    priority for the rest of the recording, and the trace's metadata says so.
-    """
-
-    LATE_S = 0.5
-
-    def __init__(self, enabled: bool, log: Callable[[str], None]) -> None:
-        self.enabled = enabled and hasattr(os, "SCHED_IDLE")
-        self.gave_up_late_ms: float | None = None   # how late the drain was that ended idle priority
-        self._log = log
-
-    @property
-    def active(self) -> bool:
-        return self.enabled and self.gave_up_late_ms is None
-
-    def enter(self) -> None:
-        """Put the calling thread at idle priority (when enabled)."""
-        if not self.active:
-            return
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except OSError as exc:
-            self.enabled = False
-            self._log(f"recorder threads stay at normal priority: {exc}")
-
-    def leave(self) -> None:
-        """Put the calling thread back at normal priority."""
-        try:
-            if os.sched_getscheduler(0) == os.SCHED_IDLE:
-                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        except OSError:
-            pass
-
-    def check(self, late_s: float) -> None:
-        """Called by the draining thread with how late its drain was."""
-        if self.active and late_s > self.LATE_S:
-            self.gave_up_late_ms = round(late_s * 1e3, 1)
-            self._log(f"a drain ran {late_s * 1e3:.0f} ms late at idle priority (the host is busy): "
-                      "the recorder's threads go back to normal priority")
-            self.leave()
-
-
 class _LivePoller:
     """Polls the live ring buffers (ctx.live_buffers) on a thread of their own.
 
@@ -210,8 +160,7 @@ class _LivePoller:
     """
 
     def __init__(self, bpf, buffers: list[tuple[str, Callable]], poll_ms: int, log: Callable[[str], None],
-                 rt_priority: int | None = None, notify_fd: int | None = None,
-                 idle: IdlePriority | None = None) -> None:
+                 rt_priority: int | None = None, notify_fd: int | None = None) -> None:
         from bcc.libbcc import _RINGBUF_CB_TYPE, lib
 
         self._lib = lib
@@ -220,7 +169,6 @@ class _LivePoller:
         fds = []
         self._poll_ms = poll_ms
         self._rt_priority = rt_priority
-        self._idle = idle if not rt_priority else None   # a real-time live thread stays one
         self._stop = threading.Event()
         self._errors = 0
         self._log = log
@@ -260,15 +208,9 @@ class _LivePoller:
                 os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO, os.sched_param(self._rt_priority))
             except OSError as exc:
                 self._log(f"live thread stays SCHED_OTHER: {exc}")
-        idle = self._idle
-        if idle is not None:
-            idle.enter()
         lib, mgr, wait, timeout = self._lib, self._mgr, self._waiter.wait, self._poll_ms / 1000
         notify, last_notify = self._notify_fd, 0.0
         while not self._stop.is_set():
-            if idle is not None and not idle.active:
-                idle.leave()
-                idle = None
             woken = wait(timeout)  # a forced wakeup (a finished batch), or the drain timeout
             lib.bpf_consume_ringbuf(mgr)
             if woken and notify is not None:
@@ -305,7 +247,7 @@ class Recorder:
                  ringbuf_pages: int = 256, poll_interval_ms: int = 200, capture_paths: bool = False,
                  min_offcpu_us: int = 50, min_preempt_us: int = 20, min_stage_us: int = 10,
                  time_all_syscalls: bool = False,
-                 rt_priority: int | None = None, idle_priority: bool = True,
+                 rt_priority: int | None = None,
                  verbose: bool = True, on_event_count: Callable[[dict], None] | None = None) -> None:
         self.pid = pid
         self.output = Path(output)
@@ -333,9 +275,6 @@ class Recorder:
         # preempted the server itself (measured: 37% fewer batches with the tiny model).
         # Plain `prism record` leaves scheduling alone.
         self.rt_priority = rt_priority
-        # idle_priority: the draining thread (and a live thread that is not real-time) at
-        # SCHED_IDLE, see IdlePriority
-        self.idle = IdlePriority(idle_priority, self._log)
         self._live: _LivePoller | None = None
         self.verbose = verbose
         self._stop_reason: str | None = None
@@ -474,9 +413,7 @@ class Recorder:
             if ctx.live_buffers:
                 batch_end = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
                 self._live = _LivePoller(bpf, ctx.live_buffers, self.poll_interval_ms, self._log,
-                                         self.rt_priority, notify_fd=batch_end,
-                                         # live observers (prism watch's detector) want the batch now
-                                         idle=None if ctx.live_observers else self.idle)
+                                         self.rt_priority, notify_fd=batch_end)
         except Exception:
             writer.close()
             bpf.cleanup()
@@ -521,7 +458,6 @@ class Recorder:
             ctx.drain_bulk()
             ctx.run_deferred(ready)
 
-        self.idle.enter()
         try:
             while not self._stop_event.is_set():
                 if self._want_paused:
@@ -536,7 +472,6 @@ class Recorder:
                     # each poll interval (the live thread's eventfd), or on the timer.
                     woken = waiter.wait(max(next_drain - time.monotonic(), 0.0))
                     now = time.monotonic()
-                    self.idle.check(now - next_drain)
                     if woken and batch_end is not None:
                         try:
                             os.eventfd_read(batch_end)
@@ -547,9 +482,7 @@ class Recorder:
                         if now >= next_drain or batch_end is not None:
                             next_drain = now + drain_gap_s
                 else:
-                    due = time.monotonic() + self.poll_interval_ms / 1000
                     self._stop_event.wait(self.poll_interval_ms / 1000)
-                    self.idle.check(time.monotonic() - due)
                     ctx.run_deferred()
                 now = time.monotonic()
                 if now >= next_sample:
@@ -577,7 +510,6 @@ class Recorder:
                 elif not target.alive():
                     self.stop("target_exit")
         finally:
-            self.idle.leave()   # (a Recorder run on a thread of a longer-lived process)
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             waiter.close()
@@ -662,9 +594,6 @@ class Recorder:
         probe_cost = bpf_program_stats(bpf)
         stats = {"stop_reason": reason, "lost_events": sum(lost.values()), "duration_ns": t_end - t_start,
                  "pauses": self.pauses, "paused_ns": self.paused_ns,
-                 "idle_priority": ("on" if self.idle.active else
-                                   f"gave up: a drain {self.idle.gave_up_late_ms} ms late"
-                                   if self.idle.gave_up_late_ms is not None else "off"),
                  **{f"lost_events.{k}": v for k, v in lost.items()}, **{f"events.{k}": v for k, v in events.items()},
                  **{f"bpf.{k}.run_cnt": v[0] for k, v in probe_cost.items()},
                  **{f"bpf.{k}.run_ns": v[1] for k, v in probe_cost.items()}}
