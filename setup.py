@@ -1,9 +1,9 @@
 """Build the optional native parts: the trace decoder (prismkit/trace/_wire.c), the event encoder
 (recorders/_encode.c) and gdb's ptrace shim for `prism python-monitor` (recorders/packs/pymonitor/gdb_xstate.c).
 
-Project metadata lives in pyproject.toml; this file only adds the C extension.
-The extension is optional: if it cannot be compiled, prismkit falls back to a
-pure-Python decoder (slower) and warns once.
+Project metadata lives in pyproject.toml; this file only adds the native parts.
+Each is optional: without the decoder or the encoder prismkit falls back to
+pure Python (slower) and warns once; without the shim gdb runs as it is.
 """
 from setuptools import Extension, setup
 

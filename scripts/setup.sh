@@ -62,7 +62,7 @@ if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi
 stamp=.venv/.prism-installed
-# Reinstall when the dependencies or the native extensions (reader, event encoder) change.
+# Reinstall when the dependencies or the native parts (reader, event encoder, gdb shim) change.
 want=$(cat pyproject.toml setup.py prismkit/trace/_wire.c recorders/_encode.c recorders/packs/pymonitor/gdb_xstate.c 2>/dev/null | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing Python dependencies into .venv (first run takes a few minutes)"

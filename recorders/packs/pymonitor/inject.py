@@ -155,7 +155,7 @@ def _gdb() -> str:
 
 
 def _gdb_env() -> dict[str, str]:
-    """gdb's environment: with the ptrace shim preloaded where it is built (x86-64).
+    """gdb's environment: with the ptrace shim preloaded where setup.py built it.
 
     gdb 13 (Debian 12's) writes a 2696-byte XSAVE buffer that Linux refuses on CPUs
     with AMX state (11008 bytes), so its function calls fail and leave the target's
