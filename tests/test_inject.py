@@ -162,7 +162,9 @@ def _observe(name: str, pid: int, sc, seen: dict, stop: threading.Event) -> None
                             cg = sc.cg.dir if sc.cg is not None else None
                             if cg is not None and (cg / "cpu.cfs_quota_us").exists():
                                 seen["quota_us"] = int((cg / "cpu.cfs_quota_us").read_text())
-                                seen["tids_in"] = len((cg / "tasks").read_text().split())
+                                # the most at once: cleanup moves them out one by one while
+                                # this samples (a last sample of 13 of 14 threads failed a fresh-clone run)
+                                seen["tids_in"] = max(seen.get("tids_in", 0), len((cg / "tasks").read_text().split()))
             if name in ("cpu_contention", "memory_bandwidth", "io_contention") and getattr(sc, "helpers", None):
                 aff = [sorted(os.sched_getaffinity(h.pid)) for h in sc.helpers if h.alive()]
                 if len(aff) > len(seen.get("affinity", [])):  # the most seen at once (they end one by one)
