@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from prismkit.load import closed_loop, parse_length_dist, run_load
@@ -129,8 +130,6 @@ def overhead_toggled(model: str, seconds: float, segment_s: float, concurrency: 
     segments on either side of it, a few seconds apart, so that the host's own drift (tens
     of percent over tens of seconds here) cancels. Throughput per segment is the number of
     tokens the load generator received in it (the first settle_s after each switch left out)."""
-    import threading
-
     import numpy as np
 
     srv = LlamaServer(model=model, port=port, name="bench-overhead", n_parallel=concurrency)
@@ -146,26 +145,16 @@ def overhead_toggled(model: str, seconds: float, segment_s: float, concurrency: 
             out = Path(tmp) / "toggled.pftrace"
             rec = _start_record(info.pid, out, packs, watch_model, extra)
             cpu_marks: list[tuple[int, float]] = []  # (monotonic ns, recorder CPU s) at each switch
-            done = threading.Event()
 
-            def toggle() -> None:
-                attached = True
-                while not done.wait(segment_s):
-                    cpu_marks.append((time.monotonic_ns(), _cpu_s(rec.pid)))
-                    rec.send_signal(signal.SIGUSR1 if attached else signal.SIGUSR2)
-                    attached = not attached
+            def toggle(k: int) -> None:   # k even: attached until now
+                cpu_marks.append((time.monotonic_ns(), _cpu_s(rec.pid)))
+                rec.send_signal(signal.SIGUSR1 if k % 2 == 0 else signal.SIGUSR2)
 
-            specs = closed_loop(100_000, parse_length_dist("fixed:64"), parse_length_dist("fixed:32"), seed=1)
-            switcher = threading.Thread(target=toggle, daemon=True)
-            switcher.start()
-            res = run_load(info.url, specs, concurrency=concurrency, duration_s=seconds, progress=False)
-            done.set()
-            switcher.join()
+            chunks = _load_while_switching(info.url, concurrency, seconds, segment_s, toggle)
             cpu_marks.append((time.monotonic_ns(), _cpu_s(rec.pid)))
             rec.send_signal(signal.SIGINT)
             rec.wait(60)
             segments = _toggled_segments(out, settle_s)
-            chunks = np.sort(np.fromiter((t for r in res.results for t in r.chunk_ts_ns), dtype=np.int64))
     finally:
         srv.stop()
     cpu_on, cpu_off = _cpu_by_state(cpu_marks)
@@ -176,6 +165,33 @@ def overhead_toggled(model: str, seconds: float, segment_s: float, concurrency: 
           f"(95% interval {mean_lo:.4f}-{mean_hi:.4f}; one segment's ratio varies by {r.std():.1%}), "
           f"median {np.median(r):.4f} ({med_lo:.4f}-{med_hi:.4f})"
           f"  -> overhead {100 * (1 - r.mean()):+.2f}% (goal: under 1%)")
+
+
+def _load_while_switching(url: str, concurrency: int, seconds: float, segment_s: float,
+                          switch: Callable[[int], None]):
+    """The benchmark's closed-loop load for `seconds`, calling switch(0), switch(1), ... every
+    segment_s on a thread of its own; returns the client's chunk timestamps, sorted."""
+    import threading
+
+    import numpy as np
+
+    done = threading.Event()
+
+    def every_segment() -> None:
+        k = 0
+        while not done.wait(segment_s):
+            switch(k)
+            k += 1
+
+    specs = closed_loop(100_000, parse_length_dist("fixed:64"), parse_length_dist("fixed:32"), seed=1)
+    switcher = threading.Thread(target=every_segment, daemon=True)
+    switcher.start()
+    try:
+        res = run_load(url, specs, concurrency=concurrency, duration_s=seconds, progress=False)
+    finally:
+        done.set()
+        switcher.join()
+    return np.sort(np.fromiter((t for r in res.results for t in r.chunk_ts_ns), dtype=np.int64))
 
 
 def _neighbour_ratios(segments: list[tuple[int, int, bool]], chunks, states: tuple[str, str]):
@@ -216,10 +232,6 @@ def overhead_stopped(model: str, seconds: float, segment_s: float, concurrency: 
     1 - (running / stopped neighbours) is about twice what the user-space process costs;
     what the probes cost in the kernel is in both and cancels. No detach in each cycle
     makes this ~2.5x less noisy than --toggle-s."""
-    import threading
-
-    import numpy as np
-
     from prismkit.trace import load_trace
 
     srv = LlamaServer(model=model, port=port, name="bench-overhead", n_parallel=concurrency)
@@ -233,28 +245,18 @@ def overhead_stopped(model: str, seconds: float, segment_s: float, concurrency: 
             out = Path(tmp) / "stopped.pftrace"
             rec = _start_record(info.pid, out, packs, None, extra)
             switches: list[tuple[int, bool]] = []  # (monotonic ns, running from then on)
-            done = threading.Event()
 
-            def toggle() -> None:
-                running = True
-                while not done.wait(segment_s):
-                    rec.send_signal(signal.SIGSTOP if running else signal.SIGCONT)
-                    running = not running
-                    switches.append((time.monotonic_ns(), running))
+            def stop_or_continue(k: int) -> None:   # k even: running until now
+                rec.send_signal(signal.SIGSTOP if k % 2 == 0 else signal.SIGCONT)
+                switches.append((time.monotonic_ns(), k % 2 == 1))
 
-            specs = closed_loop(100_000, parse_length_dist("fixed:64"), parse_length_dist("fixed:32"), seed=1)
-            switcher = threading.Thread(target=toggle, daemon=True)
-            switcher.start()
             try:
-                res = run_load(info.url, specs, concurrency=concurrency, duration_s=seconds, progress=False)
+                chunks = _load_while_switching(info.url, concurrency, seconds, segment_s, stop_or_continue)
             finally:
-                done.set()
-                switcher.join()
                 rec.send_signal(signal.SIGCONT)
                 rec.send_signal(signal.SIGINT)
                 rec.wait(60)
             lost = load_trace(out).metadata.get("lost_events")
-            chunks = np.sort(np.fromiter((t for r in res.results for t in r.chunk_ts_ns), dtype=np.int64))
     finally:
         srv.stop()
     segments = [(t0, t1, running) for (t0, running), (t1, _r) in zip(switches, switches[1:])]

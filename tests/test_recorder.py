@@ -137,21 +137,14 @@ def _decode_entry_bytes(pid: int) -> tuple[bytes, bytes]:
     """The first 16 bytes of llama_decode as the target's memory holds them, and as its library
     file does: they differ only while a uprobe's breakpoint is in place."""
     from recorders.elf import find_symbol
+    from recorders.packs.python.interp import _load_bias, read_memory
     from recorders.target import TargetProcess
 
     path = TargetProcess.from_pid(pid).library("libllama")
     sym = find_symbol(path, "llama_decode")
-    maps = [line.split() for line in Path(f"/proc/{pid}/maps").read_text().splitlines()]
-    mine = [(int(m[0].split("-")[0], 16), int(m[0].split("-")[1], 16), int(m[2], 16))
-            for m in maps if len(m) >= 6 and m[5] == path]
-    base = min(start for start, _end, off in mine if off == 0)
-    addr = base + sym.vaddr
-    start, _end, off = next(m for m in mine if m[0] <= addr < m[1])
-    with open(f"/proc/{pid}/mem", "rb") as mem:
-        mem.seek(addr)
-        live = mem.read(16)
+    live = read_memory(pid, _load_bias(pid, path) + sym.vaddr, 16)
     with open(path, "rb") as f:
-        f.seek(addr - start + off)
+        f.seek(sym.file_offset)
         return live, f.read(16)
 
 

@@ -59,14 +59,7 @@ def main():
     engine = Engine()
     print(json.dumps({"ready": os.getpid(), "python": "%d.%d" % sys.version_info[:2]}), flush=True)
     while True:
-        try:
-            r, _, _ = select.select([sys.stdin], [], [], 0.02)
-        except OSError as exc:
-            # Some kernels (seen on 6.18.44-fc-v769) hand ERESTARTNOHAND (514) to a select that
-            # a debugger's attach interrupted, instead of restarting it: an interrupted wait.
-            if exc.errno != 514:
-                raise
-            continue
+        r, _, _ = select.select([sys.stdin], [], [], 0.02)
         if not r:
             continue
         cmd = sys.stdin.readline().split()
