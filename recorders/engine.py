@@ -404,16 +404,26 @@ class Recorder:
             "prismkit_version": _version(),
         })
         batch_end: int | None = None  # eventfd: the live thread saw a batch end (see _LivePoller)
+        batch_wakeups = False         # a buffer of ctx.live_buffers wakes us at batch ends
         try:
             for p in packs:
                 p.start(bpf, ctx)
             for p in packs:  # now that every pack has registered its observers
                 if hasattr(p, "set_live"):
                     p.set_live(bpf, bool(ctx.live_observers), self.poll_interval_ms)
-            if ctx.live_buffers:
+            # Buffers whose records wake us at batch ends (the llama.cpp pack's batches).
+            batch_wakeups = bool(ctx.live_buffers)
+            if ctx.live_buffers and ctx.live_observers:
                 batch_end = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
                 self._live = _LivePoller(bpf, ctx.live_buffers, self.poll_interval_ms, self._log,
                                          self.rt_priority, notify_fd=batch_end)
+            else:
+                # Nobody watches batches as they come (prism record): this thread consumes those
+                # buffers too, so a batch end wakes it directly; a thread of their own cost ~1 ms
+                # of CPU a second and a second wakeup per drain.
+                for name, callback in ctx.live_buffers:
+                    ctx.open_ring_buffer(bpf, name, _guarded(callback, self._log))
+                ctx.live_buffers = []
         except Exception:
             writer.close()
             bpf.cleanup()
@@ -429,7 +439,7 @@ class Recorder:
         # Drains follow batch ends (at most one per poll interval), when the engine samples and
         # sends tokens on one thread and the recorder takes no CPU from its lockstep compute
         # threads; the timer only covers an idle server.
-        drain_gap_s = self.poll_interval_ms / 1000 * (4 if batch_end is not None else 1)
+        drain_gap_s = self.poll_interval_ms / 1000 * (4 if batch_wakeups else 1)
         self.ready.set()
 
         old_handlers = {}
@@ -450,11 +460,11 @@ class Recorder:
                        for p in packs for buf in p.buffers}
 
         def drain() -> None:
-            # work the live thread handed over before this drain began: what it depends on
-            # (a batch's stages, in another buffer) is then drained too
-            ready = ctx.deferred_count()
             if bcc_polls:
                 bpf.ring_buffer_consume()
+            # work handed over (by the callbacks just run, or the live thread) before the bulk
+            # drain began: what it depends on (a batch's stages, in another buffer) is then in
+            ready = ctx.deferred_count()
             ctx.drain_bulk()
             ctx.run_deferred(ready)
 
@@ -479,7 +489,7 @@ class Recorder:
                             pass
                     if woken or now >= next_drain:
                         drain()
-                        if now >= next_drain or batch_end is not None:
+                        if now >= next_drain or batch_wakeups:
                             next_drain = now + drain_gap_s
                 else:
                     self._stop_event.wait(self.poll_interval_ms / 1000)
@@ -609,6 +619,22 @@ class Recorder:
                   + ", ".join(f"{k} {v}" for k, v in events.items())
                   + f"; lost events {sum(lost.values())}; trace: {self.output}")
         return summary
+
+
+def _guarded(callback: Callable, log: Callable[[str], None]) -> Callable:
+    """A ring-buffer callback that logs its first failures instead of raising into ctypes."""
+    errors = 0
+
+    def guarded(ctx, data, size) -> int:
+        nonlocal errors
+        try:
+            callback(ctx, data, size)
+        except Exception as exc:  # one bad record must not stop the recording
+            errors += 1
+            if errors <= 3:
+                log(f"ring buffer callback failed: {exc!r}")
+        return 0
+    return guarded
 
 
 def bpf_program_stats(bpf) -> dict[str, tuple[int, int]]:

@@ -8,7 +8,10 @@ Which functions llama-server really calls (checked on the pinned build):
   (one call per sampled sequence, after llama_decode), else `llama_sampler_sample`;
 - tokenization: `common_tokenize(const llama_vocab *, ...)` (on HTTP threads);
 - detokenization: `common_token_to_piece(const llama_vocab *, ...)` (per token);
-- `llama_synchronize` (waits for the backend after a decode with outputs).
+- `llama_synchronize` (waits for the backend after a decode with outputs): probed only
+  where a GPU or remote backend is mapped. On a CPU-only build graph compute is synchronous
+  and the call returns at once (1-2 us), yet it came ~5 times per batch: its probes were
+  ~0.4 ms of the engine thread's time a second at the demo load.
 Newer llama.cpp servers call `llama_process` on an opaque batch instead of
 llama_decode; that build is reported as unsupported (no batch attributes).
 
@@ -22,8 +25,9 @@ in another stage call) per stage, and its next llama_decode slice carries the su
 `gap_short_ns.<stage>` (since the thread's previous decode returned: the previous step's
 sampling and detokenization) and `short_ns.<stage>` (inside the call), with `gap_short_end`.
 
-Batch records go to a ring buffer of their own, read by the recorder's live thread. When a
-record wakes that thread is LiveWake's business: at drains only (`prism record`), at every
+Batch records go to a ring buffer of their own, read by the recorder's live thread when live
+observers wait for batches (`prism watch`), else by its polling thread. When a record wakes
+that thread is LiveWake's business: at drains only (`prism record`), at every
 batch, or (`prism watch`) only at batches that lasted at least their shape's floor, which
 the online detector sets per shape key (`shape_key`, computed in the kernel too).
 """
@@ -54,6 +58,18 @@ STAGES = {  # stage id -> (stage name, probe spec)
 FALLBACK_LIBRARY = {"libllama-common": "exe"}
 FALLBACK_SYMBOLS = {2: ("libllama", ("llama_sampler_sample",)), 3: ("libllama", ("llama_tokenize",)),
                     4: ("libllama", ("llama_token_to_piece",))}
+
+# Stages that only measure something with an asynchronous backend: probed where one is mapped.
+ASYNC_BACKEND_STAGES = {5}
+ASYNC_BACKEND_LIBRARIES = ("libggml-cuda", "libggml-hip", "libggml-musa", "libggml-vulkan", "libggml-sycl",
+                           "libggml-opencl", "libggml-cann", "libggml-metal", "libggml-rpc", "libcuda",
+                           "libamdhip64", "libvulkan", "libOpenCL")
+
+
+def async_backend(target: TargetProcess) -> str | None:
+    """The first mapped library of a GPU or remote ggml backend (or its runtime), else None."""
+    return next((lib for lib in ASYNC_BACKEND_LIBRARIES if target.library(lib)), None)
+
 
 DEFAULT_MIN_STAGE_US = 10
 DECODE = Uprobe("llama_decode", "libllama", ("llama_decode",), entry="llama_decode_enter",
@@ -218,7 +234,12 @@ class LlamaCppPack(ProbePack):
             if find_symbol(lib, "llama_process"):
                 why += " (this llama.cpp calls llama_process with an opaque batch: not supported yet)"
             raise PrismError(f"cannot probe llama_decode: {why}")
+        backend = async_backend(target)
         for stage_id, (stage, spec) in STAGES.items():
+            if stage_id in ASYNC_BACKEND_STAGES and backend is None:
+                report.failed.append((stage, "not probed: CPU-only build (no GPU or remote ggml backend "
+                                             "mapped), where it returns at once"))
+                continue
             probe = Uprobe(stage, spec.library, spec.symbols, entry=f"llama_stage_enter_{stage_id}",
                            ret=f"llama_stage_return_{stage_id}")
             sub = AttachReport()
@@ -250,8 +271,9 @@ class LlamaCppPack(ProbePack):
         self.wake = LiveWake(bpf, LiveWake.EVERY_BATCH if live else LiveWake.DRAINS, drain_gap_ms)
 
     def _on_record(self, _cpu, data, _size) -> None:
-        """On the engine's live thread: copy the record, show a batch to the live observers
-        (the online detector) at once, and leave the writing to the polling thread."""
+        """On the engine's live thread (its polling thread when no live observer waits): copy
+        the record, show a batch to the live observers (the online detector) at once, and leave
+        the writing to the polling thread's next drain."""
         ev = LlamaEvent()  # (this buffer holds batches only: stages have llama_stage_events)
         ct.memmove(ct.addressof(ev), data, ct.sizeof(LlamaEvent))
         self.batches += 1
