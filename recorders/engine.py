@@ -170,21 +170,12 @@ class _LivePoller:
         self._poll_ms = poll_ms
         self._rt_priority = rt_priority
         self._stop = threading.Event()
-        self._errors = 0
         self._log = log
         # After a forced wakeup (a batch ended) the polling thread is told to drain too, at
         # most once per poll interval: the engine is then between batches.
         self._notify_fd = notify_fd
         for name, callback in buffers:
-            def raw(_ctx, data, size, callback=callback):
-                try:
-                    callback(_ctx, data, size)
-                except Exception as exc:  # one bad record must not stop the live path
-                    self._errors += 1
-                    if self._errors <= 3:
-                        self._log(f"live callback failed: {exc!r}")
-                return 0
-            fn = _RINGBUF_CB_TYPE(raw)
+            fn = _RINGBUF_CB_TYPE(_guarded(callback, log))
             self._cbs.append(fn)  # ctypes callbacks must outlive the manager
             fd = bpf[name.encode()].map_fd
             fds.append(fd)
