@@ -470,7 +470,8 @@ class Recorder:
                     # Packs submit most records without a wakeup (one per record would have the
                     # recorder preempt the server's threads all the time): a buffer wakes us only
                     # when it fills up; otherwise everything is drained at the first batch end of
-                    # each poll interval (the live thread's eventfd), or on the timer.
+                    # each poll interval (the batch buffer's wakeup, or the live thread's eventfd
+                    # under prism watch), or on the timer.
                     woken = waiter.wait(max(next_drain - time.monotonic(), 0.0))
                     now = time.monotonic()
                     if woken and batch_end is not None:
