@@ -124,7 +124,7 @@ def main(argv=None) -> int:
                     help="seconds without anomaly that end an episode (short: more episodes to measure)")
     ap.add_argument("--nice", type=int, default=-15, help="autogroup nice of the watcher (None: leave)")
     ap.add_argument("--live-priority", type=int, default=0,
-                    help="SCHED_FIFO priority of the live thread and the webhook sender (0: normal)")
+                    help="SCHED_FIFO priority of the recorder's batch consumer and the webhook sender (0: normal)")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "bench_alert")
     ap.add_argument("--pid", type=int, default=None, help="watch this running server instead of starting one")
     ap.add_argument("--url", default=None)

@@ -359,8 +359,8 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
                         "its session's autogroup nice, restored when the watch ends, or where the session has no "
                         "autogroup its own threads' nice")
     p.add_argument("--live-priority", type=int, default=0,
-                   help="SCHED_FIFO priority (1-99) for the recorder thread that sees each batch first and runs "
-                        "the detector; 0 (default): normal scheduling. Real-time keeps alerts within milliseconds "
+                   help="SCHED_FIFO priority (1-99) for the recorder thread while it waits for batches and runs "
+                        "the detector on them (it drops to normal for the trace writing); 0 (default): normal scheduling. Real-time keeps alerts within milliseconds "
                         "on a busy host, but its ~0.1-0.2 ms of work per batch then preempts the server: use it "
                         "for engines whose batches take several ms, not sub-millisecond ones")
     p.add_argument("--wake", choices=("suspects", "every"), default="suspects",

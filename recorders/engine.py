@@ -46,10 +46,10 @@ class RecordingContext:
     #: called with each batch an engine pack writes (a dict of its attributes and
     #: tid, ts_start, ts_end); the flow ids they return go on the batch slice
     batch_observers: list[Callable[[dict], list[int]]] = field(default_factory=list)
-    #: called with each batch as soon as its record arrives, on the engine's live thread and
-    #: before it is written (the online detector): must be quick and thread-safe
+    #: called with each batch as soon as its record arrives, on the engine's polling thread
+    #: and before it is written (the online detector): must be quick
     live_observers: list[Callable[[dict], None]] = field(default_factory=list)
-    #: ring buffers polled by the live thread: (map name, callback)
+    #: ring buffers consumed first whenever one wakes the polling thread: (map name, callback)
     live_buffers: list[tuple[str, Callable]] = field(default_factory=list)
     #: ring buffers consumed by the polling thread (map names)
     main_buffers: list[str] = field(default_factory=list)
@@ -63,9 +63,10 @@ class RecordingContext:
         """Consume ring buffer `name` with `callback(ctx, data, size)`.
 
         live=False: on the engine's polling thread, with every other pack's buffers.
-        live=True: on a thread of its own that does nothing else, so a record is seen
-        within a wakeup of its submission however busy the other buffers are; such a
-        callback must only copy the record and hand the writing to `defer()`.
+        live=True: before any other buffer when one of these wakes the polling thread, so
+        a record is seen within a wakeup of its submission however busy the other buffers
+        are; such a callback must only copy the record (and show it to ctx.live_observers)
+        and hand the writing to `defer()`.
         """
         if live:
             self.live_buffers.append((name, callback))
@@ -140,83 +141,54 @@ class RingWaiter:
         for fd in fds:
             self._ep.register(fd, select.EPOLLIN | select.EPOLLET)
 
-    def wait(self, timeout_s: float) -> bool:
-        """True if a buffer signalled within timeout_s."""
+    def wait(self, timeout_s: float) -> list[int]:
+        """The fds of the buffers that signalled within timeout_s (none: the timeout)."""
         try:
-            return bool(self._ep.poll(timeout_s))
+            return [fd for fd, _events in self._ep.poll(timeout_s)]
         except InterruptedError:
-            return False
+            return []
 
     def close(self) -> None:
         self._ep.close()
 
 
-class _LivePoller:
-    """Polls the live ring buffers (ctx.live_buffers) on a thread of their own.
+class _LiveBuffers:
+    """The live ring buffers (ctx.live_buffers), in a ring-buffer manager of their own.
 
-    BCC keeps one ring-buffer manager per BPF object and its poll runs every
-    buffer's callbacks in turn, so a batch record would wait behind a burst of
-    scheduler events; libbcc's manager API gives these buffers their own.
+    The polling thread consumes them first, before any other buffer, whenever one wakes
+    it: BCC keeps one manager per BPF object and its poll runs every buffer's callbacks
+    in turn, so a batch record would wait behind a burst of scheduler events. (They had
+    a thread of their own before: it cost the server ~1.5% more throughput than this,
+    in GIL hand-offs and a second wakeup per drain.)
     """
 
-    def __init__(self, bpf, buffers: list[tuple[str, Callable]], poll_ms: int, log: Callable[[str], None],
-                 rt_priority: int | None = None, notify_fd: int | None = None) -> None:
+    def __init__(self, bpf, buffers: list[tuple[str, Callable]], log: Callable[[str], None]) -> None:
         from bcc.libbcc import _RINGBUF_CB_TYPE, lib
 
         self._lib = lib
         self._cbs = []
         self._mgr = None
-        fds = []
-        self._poll_ms = poll_ms
-        self._rt_priority = rt_priority
-        self._stop = threading.Event()
-        self._log = log
-        # After a forced wakeup (a batch ended) the polling thread is told to drain too, at
-        # most once per poll interval: the engine is then between batches.
-        self._notify_fd = notify_fd
+        self.fds: list[int] = []
         for name, callback in buffers:
             fn = _RINGBUF_CB_TYPE(_guarded(callback, log))
             self._cbs.append(fn)  # ctypes callbacks must outlive the manager
             fd = bpf[name.encode()].map_fd
-            fds.append(fd)
+            self.fds.append(fd)
             if self._mgr is None:
                 self._mgr = lib.bpf_new_ringbuf(fd, fn, None)
                 if not self._mgr:
                     raise PrismError(f"cannot open ring buffer {name}")
             elif lib.bpf_add_ringbuf(self._mgr, fd, fn, None) < 0:
                 raise PrismError(f"cannot open ring buffer {name}")
-        self._waiter = RingWaiter(fds)
-        self._thread = threading.Thread(target=self._run, name="prism-live", daemon=True)
-        self._thread.start()
 
-    def _run(self) -> None:
-        if self._rt_priority:
-            # A woken SCHED_OTHER thread waits behind the server's busy threads for tens of
-            # ms on a loaded host; a real-time one runs at once. It only copies a record and
-            # runs the live observers (~50 us per batch), and the kernel's RT throttling
-            # bounds it regardless.
-            try:
-                os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO, os.sched_param(self._rt_priority))
-            except OSError as exc:
-                self._log(f"live thread stays SCHED_OTHER: {exc}")
-        lib, mgr, wait, timeout = self._lib, self._mgr, self._waiter.wait, self._poll_ms / 1000
-        notify, last_notify = self._notify_fd, 0.0
-        while not self._stop.is_set():
-            woken = wait(timeout)  # a forced wakeup (a finished batch), or the drain timeout
-            lib.bpf_consume_ringbuf(mgr)
-            if woken and notify is not None:
-                now = time.monotonic()
-                if now - last_notify >= timeout:
-                    last_notify = now
-                    os.eventfd_write(notify, 1)
+    def consume(self) -> None:
+        self._lib.bpf_consume_ringbuf(self._mgr)
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._lib.bpf_consume_ringbuf(self._mgr)
-        self._lib.bpf_free_ringbuf(self._mgr)
-        self._mgr = None
-        self._waiter.close()
+        if self._mgr is not None:
+            self._lib.bpf_consume_ringbuf(self._mgr)
+            self._lib.bpf_free_ringbuf(self._mgr)
+            self._mgr = None
 
 
 @dataclass
@@ -259,14 +231,14 @@ class Recorder:
         if time_all_syscalls:
             self.options["untimed_syscalls"] = ()
         self.poll_interval_ms = poll_interval_ms
-        # rt_priority (prism watch): SCHED_FIFO for the live thread, which only copies a
-        # batch record and runs the live observers. A woken normal thread waits behind the
-        # server's busy threads for tens of ms on a loaded host. The polling thread stays
-        # SCHED_OTHER: at real-time priority its bulk work (thousands of events per second)
-        # preempted the server itself (measured: 37% fewer batches with the tiny model).
-        # Plain `prism record` leaves scheduling alone.
+        # rt_priority (prism watch): SCHED_FIFO for the polling thread while it waits and
+        # while it consumes the live buffers (a batch record and the live observers); a woken
+        # normal thread waits behind the server's busy threads for tens of ms on a loaded
+        # host. It drops back to SCHED_OTHER for the drains: at real-time priority their bulk
+        # work (thousands of events per second) preempted the server itself (measured: 37%
+        # fewer batches with the tiny model). Plain `prism record` leaves scheduling alone.
         self.rt_priority = rt_priority
-        self._live: _LivePoller | None = None
+        self._live: _LiveBuffers | None = None
         self.verbose = verbose
         self._stop_reason: str | None = None
         self._stop_event = threading.Event()
@@ -394,7 +366,6 @@ class Recorder:
             "clock": "CLOCK_MONOTONIC",
             "prismkit_version": _version(),
         })
-        batch_end: int | None = None  # eventfd: the live thread saw a batch end (see _LivePoller)
         batch_wakeups = False         # a buffer of ctx.live_buffers wakes us at batch ends
         try:
             for p in packs:
@@ -405,13 +376,10 @@ class Recorder:
             # Buffers whose records wake us at batch ends (the llama.cpp pack's batches).
             batch_wakeups = bool(ctx.live_buffers)
             if ctx.live_buffers and ctx.live_observers:
-                batch_end = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-                self._live = _LivePoller(bpf, ctx.live_buffers, self.poll_interval_ms, self._log,
-                                         self.rt_priority, notify_fd=batch_end)
+                self._live = _LiveBuffers(bpf, ctx.live_buffers, self._log)
             else:
-                # Nobody watches batches as they come (prism record): this thread consumes those
-                # buffers too, so a batch end wakes it directly; a thread of their own cost ~1 ms
-                # of CPU a second and a second wakeup per drain.
+                # Nobody watches batches as they come (prism record): they are consumed with
+                # the other buffers, at each drain.
                 for name, callback in ctx.live_buffers:
                     ctx.open_ring_buffer(bpf, name, _guarded(callback, self._log))
                 ctx.live_buffers = []
@@ -419,18 +387,22 @@ class Recorder:
             writer.close()
             bpf.cleanup()
             raise
-        # Nothing to wait for here (no buffer of this thread's, no live thread to signal a
-        # batch end): sleep a poll interval instead.
+        # Nothing to wait for here (no buffer of this thread's): sleep a poll interval instead.
         bcc_polls = bool(getattr(bpf, "_ringbuf_manager", None))
-        main_polls = bcc_polls or bool(ctx.bulk_buffers) or batch_end is not None
+        live = self._live
+        main_polls = bcc_polls or bool(ctx.bulk_buffers) or live is not None
         self._control_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         waiter = RingWaiter([bpf[n.encode() if isinstance(n, str) else n].map_fd for n in ctx.main_buffers]
                             + [fd for fd, _reader, _drain in ctx.bulk_buffers]
-                            + ([batch_end] if batch_end is not None else []) + [self._control_fd])
+                            + (live.fds if live is not None else []) + [self._control_fd])
+        live_fds = set(live.fds) if live is not None else set()
         # Drains follow batch ends (at most one per poll interval), when the engine samples and
         # sends tokens on one thread and the recorder takes no CPU from its lockstep compute
         # threads; the timer only covers an idle server.
-        drain_gap_s = self.poll_interval_ms / 1000 * (4 if batch_wakeups else 1)
+        poll_s = self.poll_interval_ms / 1000
+        drain_gap_s = poll_s * (4 if batch_wakeups else 1)
+        last_drain = 0.0
+        set_priority = _priority_switch(self.rt_priority if live is not None else None, self._log)
         self.ready.set()
 
         old_handlers = {}
@@ -451,9 +423,11 @@ class Recorder:
                        for p in packs for buf in p.buffers}
 
         def drain() -> None:
+            if live is not None:
+                live.consume()
             if bcc_polls:
                 bpf.ring_buffer_consume()
-            # work handed over (by the callbacks just run, or the live thread) before the bulk
+            # work handed over (by the callbacks just run) before the bulk
             # drain began: what it depends on (a batch's stages, in another buffer) is then in
             ready = ctx.deferred_count()
             ctx.drain_bulk()
@@ -470,17 +444,19 @@ class Recorder:
                     # Packs submit most records without a wakeup (one per record would have the
                     # recorder preempt the server's threads all the time): a buffer wakes us only
                     # when it fills up; otherwise everything is drained at the first batch end of
-                    # each poll interval (the batch buffer's wakeup, or the live thread's eventfd
-                    # under prism watch), or on the timer.
-                    woken = waiter.wait(max(next_drain - time.monotonic(), 0.0))
+                    # each poll interval (the batch buffer's wakeup), or on the timer. Under
+                    # prism watch more batch ends wake us (those the detector must see at once):
+                    # their buffer is consumed first, and the rest drained only once per interval.
+                    set_priority(True)
+                    ready = waiter.wait(max(next_drain - time.monotonic(), 0.0))
                     now = time.monotonic()
-                    if woken and batch_end is not None:
-                        try:
-                            os.eventfd_read(batch_end)
-                        except BlockingIOError:
-                            pass
-                    if woken or now >= next_drain:
+                    if ready and live is not None:
+                        live.consume()
+                    set_priority(False)
+                    if ((ready and (now - last_drain >= poll_s or not live_fds.issuperset(ready)))
+                            or now >= next_drain):
                         drain()
+                        last_drain = now
                         if now >= next_drain or batch_wakeups:
                             next_drain = now + drain_gap_s
                 else:
@@ -521,8 +497,7 @@ class Recorder:
             try:
                 summary = self._finish(bpf, ctx, packs, report, t_start)
             finally:
-                if batch_end is not None:  # the live thread, which writes it, has stopped
-                    os.close(batch_end)
+                set_priority(False)
         return summary
 
     def _paused(self, switch: ProbeSwitch, ctx: RecordingContext, packs, bpf, target: TargetProcess,
@@ -572,7 +547,7 @@ class Recorder:
         if self.verbose:
             print(file=sys.stderr)
         if self._live is not None:
-            self._live.close()  # its last records are drained into ctx's deferred work
+            self._live.close()  # its last records are consumed into ctx's deferred work
             self._live = None
         try:
             bpf.ring_buffer_consume()  # drain what is already in the buffers
@@ -611,6 +586,27 @@ class Recorder:
                   + ", ".join(f"{k} {v}" for k, v in events.items())
                   + f"; lost events {sum(lost.values())}; trace: {self.output}")
         return summary
+
+
+def _priority_switch(rt_priority: int | None, log: Callable[[str], None]) -> Callable[[bool], None]:
+    """set(True): the calling thread at SCHED_FIFO rt_priority; set(False): back to SCHED_OTHER.
+    No-ops without rt_priority, or once the kernel has refused it (said once)."""
+    if not rt_priority:
+        return lambda _rt: None
+    tid = threading.get_native_id()
+    fifo, other = os.sched_param(rt_priority), os.sched_param(0)
+    state = {"rt": False, "ok": True}
+
+    def set_priority(rt: bool) -> None:
+        if rt == state["rt"] or not state["ok"]:
+            return
+        try:
+            os.sched_setscheduler(tid, os.SCHED_FIFO if rt else os.SCHED_OTHER, fifo if rt else other)
+            state["rt"] = rt
+        except OSError as exc:
+            state["ok"] = False
+            log(f"the batch consumer stays SCHED_OTHER: {exc}")
+    return set_priority
 
 
 def _guarded(callback: Callable, log: Callable[[str], None]) -> Callable:

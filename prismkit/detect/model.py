@@ -310,7 +310,7 @@ def shape_keys(X: np.ndarray, features: list[str]) -> list[str] | None:
 class _SingleRowPredictor:
     """LightGBM's single-row fast path for one booster (LGBM_BoosterPredictForMatSingleRowFast).
 
-    The online detector predicts one batch at a time on the recorder's live thread, which
+    The online detector predicts one batch at a time on the recorder's polling thread, which
     wakes on a CPU the server just used: there Booster.predict's Python-side set-up per call
     (parameter strings, array checks, a predictor object) cost ~150-200 us of the ~0.5 ms a
     batch took. The fast path sets up once and then only passes a pointer. Same trees,

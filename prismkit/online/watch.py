@@ -2,7 +2,8 @@
 
 Data path (one direction, the recorder is never blocked):
 
-    recorder's live thread (polls only the llama.cpp pack's ring buffer, woken per batch)
+    recorder's polling thread, woken by the llama.cpp pack's batch buffer (at the batches
+    that may be slow, and at drains), consumes that buffer before any other
         -> live observer: the online detector, inline (inline=True, the default),
            or queue.put(batch) to a detector thread (inline=False)
     detector: expected latency (WorkloadModel, no pandas)
@@ -69,7 +70,7 @@ class WatchConfig:
                                                     # over the episode: a 5-9% drift is not worth a page
     inline: bool = True                             # detect in the recorder's batch callback (else: a queue + thread)
     switch_interval_s: float | None = 0.001         # GIL switch interval: other threads give the recorder the GIL sooner
-    live_rt_priority: int | None = None             # SCHED_FIFO for the recorder's live thread (None: normal; see cli)
+    live_rt_priority: int | None = None             # SCHED_FIFO for the recorder's batch consumer (None: normal; see cli)
     wake: str = "suspects"                          # which batches wake the detector at once: 'suspects' (those
                                                     # that may be slower than expected; the rest arrive in order
                                                     # at the next drain, poll_ms) or 'every' batch
@@ -93,7 +94,8 @@ class _WatchPack(ProbePack):
 
         if w.cfg.inline:
             def observe(batch: dict):
-                # detection on the recorder's live thread: ~50 us per batch, no hand-off on the alert path
+                # detection on the recorder's polling thread as the batch buffer is consumed: no
+                # hand-off on the alert path
                 batch["t_obs"] = mono()
                 try:
                     w._handle(batch)
@@ -106,8 +108,8 @@ class _WatchPack(ProbePack):
                 put(batch)
                 return None
 
-        # live observers see each batch on the recorder's live thread, as soon as its record
-        # arrives and before it is written (recorders/engine.py)
+        # live observers see each batch as soon as its record is consumed, before it is written
+        # (recorders/engine.py)
         ctx.live_observers.append(observe)
         self.watcher._bpf = bpf
         self.watcher._armed_ns = time.monotonic_ns()   # packs start once every probe is attached
@@ -225,7 +227,7 @@ class Watcher:
         self.wake_exceeded = 0                    # batches beyond the enter limit while only suspects wake it ...
         self.wake_missed = 0                      # ... of which did not wake it (their shape's floor was too high)
         self.wake_counts: dict[int, list[int]] = {}   # LiveWake mode -> [batches, of which woke the detector]
-        self._floors_learned: dict[int, float] | None = None   # shape floors from the warm-up, for the live thread
+        self._floors_learned: dict[int, float] | None = None   # shape floors from the warm-up, for the kernel
 
         from .metrics import WatchMetrics
 

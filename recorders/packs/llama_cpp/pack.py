@@ -25,9 +25,9 @@ in another stage call) per stage, and its next llama_decode slice carries the su
 `gap_short_ns.<stage>` (since the thread's previous decode returned: the previous step's
 sampling and detokenization) and `short_ns.<stage>` (inside the call), with `gap_short_end`.
 
-Batch records go to a ring buffer of their own, read by the recorder's live thread when live
-observers wait for batches (`prism watch`), else by its polling thread. When a record wakes
-that thread is LiveWake's business: at drains only (`prism record`), at every
+Batch records go to a ring buffer of their own, which the recorder's polling thread consumes
+first when live observers wait for batches (`prism watch`), else with the other buffers. When
+a record wakes that thread is LiveWake's business: at drains only (`prism record`), at every
 batch, or (`prism watch`) only at batches that lasted at least their shape's floor, which
 the online detector sets per shape key (`shape_key`, computed in the kernel too).
 """
@@ -271,9 +271,8 @@ class LlamaCppPack(ProbePack):
         self.wake = LiveWake(bpf, LiveWake.EVERY_BATCH if live else LiveWake.DRAINS, drain_gap_ms)
 
     def _on_record(self, _cpu, data, _size) -> None:
-        """On the engine's live thread (its polling thread when no live observer waits): copy
-        the record, show a batch to the live observers (the online detector) at once, and leave
-        the writing to the polling thread's next drain."""
+        """On the engine's polling thread: copy the record, show the batch to the live observers
+        (the online detector) at once, and leave the writing to the next drain."""
         ev = LlamaEvent()  # (this buffer holds batches only: stages have llama_stage_events)
         ct.memmove(ct.addressof(ev), data, ct.sizeof(LlamaEvent))
         self.batches += 1
