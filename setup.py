@@ -1,5 +1,5 @@
 """Build the optional native parts: the trace decoder (prismkit/trace/_wire.c), the event encoder
-(recorders/_encode.c) and gdb's ptrace shim for `prism python-monitor` (recorders/packs/pymonitor/gdb_xstate.c).
+(recorders/_encode.c), the detector's flat forest (prismkit/detect/_forest.c) and gdb's ptrace shim for `prism python-monitor` (recorders/packs/pymonitor/gdb_xstate.c).
 
 Project metadata lives in pyproject.toml; this file only adds the native parts.
 Each is optional: without the decoder or the encoder prismkit falls back to
@@ -13,6 +13,12 @@ setup(
             "prismkit.trace._wire",
             sources=["prismkit/trace/_wire.c"],
             extra_compile_args=["-O3", "-std=c99", "-Wall", "-Wno-unused-function", "-Wno-maybe-uninitialized"],
+            optional=True,
+        ),
+        Extension(  # the online detector's one-row predictions (prismkit/detect/forest.py)
+            "prismkit.detect._forest",
+            sources=["prismkit/detect/_forest.c"],
+            extra_compile_args=["-O2", "-std=c99", "-Wall"],
             optional=True,
         ),
         Extension(  # the trace writer's fast path for event packets

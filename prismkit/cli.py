@@ -239,7 +239,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
                    ringbuf_pages=args.ringbuf_pages, poll_interval_ms=args.poll_ms,
                    capture_paths=args.capture_paths, min_offcpu_us=args.min_offcpu_us,
                    min_preempt_us=args.min_preempt_us, min_stage_us=args.min_stage_us,
-                   time_all_syscalls=args.time_all_syscalls,
+                   time_all_syscalls=args.time_all_syscalls, freeze_gc=True,
                    verbose=not args.quiet)
     summary = rec.run()
     print(f"trace: {summary.path}  (open it in https://ui.perfetto.dev)")

@@ -13,6 +13,7 @@ SIGUSR2); the trace marks each gap with ``prismkit.paused`` and
 """
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import select
@@ -210,7 +211,7 @@ class Recorder:
                  ringbuf_pages: int = 256, poll_interval_ms: int = 200, capture_paths: bool = False,
                  min_offcpu_us: int = 50, min_preempt_us: int = 20, min_stage_us: int = 10,
                  time_all_syscalls: bool = False,
-                 rt_priority: int | None = None,
+                 rt_priority: int | None = None, freeze_gc: bool = False,
                  verbose: bool = True, on_event_count: Callable[[dict], None] | None = None) -> None:
         self.pid = pid
         self.output = Path(output)
@@ -238,6 +239,11 @@ class Recorder:
         # work (thousands of events per second) preempted the server itself (measured: 37%
         # fewer batches with the tiny model). Plain `prism record` leaves scheduling alone.
         self.rt_priority = rt_priority
+        # freeze_gc (the CLI): once attached, gc.freeze() the process's objects, which then
+        # live as long as the recording (BCC's tables, imported modules, a loaded model). The
+        # cyclic GC's full collections scanned them all: one stalled prism watch's consumer
+        # for ~50 ms. A process that goes on after the recording should leave this off.
+        self.freeze_gc = freeze_gc
         self._live: _LiveBuffers | None = None
         self.verbose = verbose
         self._stop_reason: str | None = None
@@ -403,6 +409,9 @@ class Recorder:
         drain_gap_s = poll_s * (4 if batch_wakeups else 1)
         last_drain = 0.0
         set_priority = _priority_switch(self.rt_priority if live is not None else None, self._log)
+        if self.freeze_gc:
+            gc.collect()
+            gc.freeze()
         self.ready.set()
 
         old_handlers = {}

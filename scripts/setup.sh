@@ -62,8 +62,8 @@ if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi
 stamp=.venv/.prism-installed
-# Reinstall when the dependencies or the native parts (reader, event encoder, gdb shim) change.
-want=$(cat pyproject.toml setup.py prismkit/trace/_wire.c recorders/_encode.c recorders/packs/pymonitor/gdb_xstate.c 2>/dev/null | sha256sum | cut -c1-16)
+# Reinstall when the dependencies or the native parts (reader, event encoder, forest, gdb shim) change.
+want=$(cat pyproject.toml setup.py prismkit/trace/_wire.c recorders/_encode.c prismkit/detect/_forest.c recorders/packs/pymonitor/gdb_xstate.c 2>/dev/null | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing Python dependencies into .venv (first run takes a few minutes)"
   if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e . ; } \

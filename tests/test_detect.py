@@ -125,6 +125,48 @@ def test_save_load_round_trips_predictions_exactly(model, traces, tmp_path):
     assert [back.predict_one(r) for r in rows] == list(model.predict(b.head(50)))
 
 
+def test_flat_forest_predicts_exactly_as_lightgbm(model, traces):
+    """The online detector's one-row path (prismkit/detect/_forest.c) holds LightGBM's trees in one
+    flat array: the same predictions bit for bit, on real rows and on rows built to take every
+    kind of branch (thresholds and the floats next to them, NaN, zero, -0.0, a denormal)."""
+    from prismkit.detect import forest
+
+    if forest._forest is None:
+        require(False, "the native forest (prismkit/detect/_forest.c) was not built: run scripts/setup.sh")
+    f = forest.compile_forest(model.booster_, len(model.features_))
+    assert f is not None and f.n_trees == model.booster_.num_trees()
+    X = model.features(traces["stall"][0]).to_numpy(dtype=np.float64)
+    probes = forest.probe_rows(model.booster_.dump_model(), X.shape[1], n=2000, seed=1)
+    assert np.isnan(probes).any() and (probes == 0).any()
+    for rows in (X, probes):
+        want = model.booster_.predict(rows, num_threads=1)
+        assert np.array_equal([f.predict(r) for r in rows.tolist()], want, equal_nan=True)
+    with pytest.raises(ValueError, match="13 features|values"):
+        f.predict([1.0, 2.0])
+
+
+def test_forest_falls_back_to_lightgbm_where_it_would_differ():
+    """Categorical splits are not implemented and a log-link objective's output is not the sum of
+    the leaves: no flat forest for those, and row_predictor still answers as LightGBM does."""
+    import lightgbm as lgb
+
+    from prismkit.detect import forest
+
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 6, (400, 2)).astype(np.float64)
+    y = X[:, 0] * 2 + X[:, 1] + rng.random(400)
+    params = {"verbosity": -1, "min_data_in_leaf": 5, "num_threads": 1}
+    categorical = lgb.train({**params, "objective": "regression"}, lgb.Dataset(X, y, categorical_feature=[0]), 10)
+    poisson = lgb.train({**params, "objective": "poisson"}, lgb.Dataset(X, y), 10)
+    plain = lgb.train({**params, "objective": "regression"}, lgb.Dataset(X, y), 10)
+    for booster in (categorical, poisson):
+        assert forest.compile_forest(booster, 2) is None
+        predict = forest.row_predictor(booster, 2)
+        assert [predict(r) for r in X[:20].tolist()] == list(booster.predict(X[:20], num_threads=1))
+    if forest._forest is not None:
+        assert forest.compile_forest(plain, 2) is not None
+
+
 def test_load_rejects_an_old_format_with_one_clear_line(model, tmp_path):
     import json
 

@@ -45,17 +45,16 @@ one-line message: refit them.
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
 import math
 import os
-import threading
-import weakref
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .forest import row_predictor
 
 WORKLOAD_COLUMNS = ["n_tokens", "n_seqs", "n_prefill_tokens", "n_decode_tokens", "kv_tokens", "phase"]
 PHASE_CODES = {"decode": 0, "prefill": 1, "mixed": 2}
@@ -305,70 +304,6 @@ def shape_keys(X: np.ndarray, features: list[str]) -> list[str] | None:
     nt = X[:, features.index("n_tokens")]
     ph = X[:, features.index("phase")] if "phase" in features else np.zeros(len(X))
     return [f"{int(p) if p == p else -1}:{_shape_bin(n)}" for p, n in zip(ph.tolist(), nt.tolist())]
-
-
-class _SingleRowPredictor:
-    """LightGBM's single-row fast path for one booster (LGBM_BoosterPredictForMatSingleRowFast).
-
-    The online detector predicts one batch at a time on the recorder's polling thread, which
-    wakes on a CPU the server just used: there Booster.predict's Python-side set-up per call
-    (parameter strings, array checks, a predictor object) cost ~150-200 us of the ~0.5 ms a
-    batch took. The fast path sets up once and then only passes a pointer. Same trees,
-    same output. One set-up per thread (LightGBM's FastConfig is not thread-safe).
-    """
-
-    def __init__(self, booster, n_features: int) -> None:
-        from lightgbm.basic import _LIB
-
-        self._lib = _LIB
-        self._booster = booster
-        self._n = n_features
-        self._local = threading.local()
-
-    def _state(self):
-        st = getattr(self._local, "st", None)
-        if st is None:
-            from lightgbm.basic import _c_str, _safe_call
-
-            cfg = ctypes.c_void_p()
-            _safe_call(self._lib.LGBM_BoosterPredictForMatSingleRowFastInit(
-                self._booster._handle, ctypes.c_int(0),   # C_API_PREDICT_NORMAL, as Booster.predict
-                ctypes.c_int(0), ctypes.c_int(-1),        # all iterations (the best one, as Booster.predict)
-                ctypes.c_int(1), ctypes.c_int32(self._n),  # float64 rows of n features
-                _c_str("num_threads=1"), ctypes.byref(cfg)))
-            out = np.zeros(1, dtype=np.float64)
-            st = self._local.st = (cfg, out, out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), ctypes.c_int64(0))
-            weakref.finalize(self, self._lib.LGBM_FastConfigFree, cfg)
-        return st
-
-    def __call__(self, row: np.ndarray) -> np.ndarray:
-        cfg, out, out_p, n = self._state()
-        row = np.ascontiguousarray(row, dtype=np.float64)
-        if self._lib.LGBM_BoosterPredictForMatSingleRowFast(cfg, row.ctypes.data_as(ctypes.c_void_p),
-                                                           ctypes.byref(n), out_p) != 0:
-            raise RuntimeError("LightGBM single-row prediction failed")
-        return out.copy()
-
-
-_FAST_PREDICTORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _fast_predictor(booster, n_features: int):
-    """The booster's single-row predictor, or None where this LightGBM lacks the fast path."""
-    try:
-        return _FAST_PREDICTORS[booster]
-    except KeyError:
-        pass
-    except TypeError:
-        return None
-    try:
-        from lightgbm.basic import _LIB
-
-        fp = _SingleRowPredictor(booster, n_features) if hasattr(_LIB, "LGBM_BoosterPredictForMatSingleRowFast") else None
-    except Exception:
-        fp = None
-    _FAST_PREDICTORS[booster] = fp
-    return fp
 
 
 class WorkloadModel:
@@ -661,9 +596,8 @@ class WorkloadModel:
         ``prev_n_tokens`` (the OnlineDetector adds it).
         """
         d, ub, kv0, pf0 = self._row_values(batch)
-        row = np.array([[d[f] for f in self.features_]], dtype=np.float64)
-        fast = _fast_predictor(self.booster_, row.shape[-1])
-        raw = float((fast(row) if fast is not None else self.booster_.predict(row, num_threads=1))[0])
+        values = [d[f] for f in self.features_]
+        raw = row_predictor(self.booster_, len(values))(values)
         if self.min_support and "n_tokens" in self.features_:   # _tree_weight (shape_keys) for one row
             p = d["phase"] if "phase" in self.features_ else 0.0
             key = f"{int(p) if p == p else -1}:{_shape_bin(d['n_tokens'])}"
