@@ -306,34 +306,40 @@ class _ShiftTest:
 
     def __init__(self, w: int, threshold: float, tolerance: float) -> None:
         self.w, self.thr, self.tol = w, threshold, tolerance
-        self.buf: deque = deque(maxlen=2 * w)      # (idx, ts, log_exp, log_obs, *workload)
-        self.sum_a = np.zeros(3 + len(SHIFT_COLUMNS))
-        self.sum_b = np.zeros(3 + len(SHIFT_COLUMNS))
+        self.buf: deque = deque(maxlen=2 * w)      # (idx, ts, (1, log_exp, log_obs, *workload))
+        # running sums as plain lists: on the online path a handful of numpy calls per batch cost
+        # more than the arithmetic (same float operations, element by element)
+        self.sum_a = [0.0] * (3 + len(SHIFT_COLUMNS))
+        self.sum_b = [0.0] * (3 + len(SHIFT_COLUMNS))
         self.best: tuple | None = None
         self.age = 0
         self.quiet_until = -1
 
     def push(self, idx: int, ts: int, log_exp: float, log_obs: float, work: tuple) -> WorkloadShift | None:
         w = self.w
-        vec = np.array([1.0, log_exp, log_obs, *work], dtype=np.float64)
+        vec = (1.0, float(log_exp), float(log_obs), *map(float, work))
+        sum_a, sum_b = self.sum_a, self.sum_b
         if len(self.buf) == 2 * w:
-            old = self.buf[0]
-            self.sum_a -= old[2]
+            old = self.buf[0][2]
+            for j, x in enumerate(old):
+                sum_a[j] -= x
         if len(self.buf) >= w:
-            mid = self.buf[-w]           # leaves window B (recent) for window A
-            self.sum_a += mid[2]
-            self.sum_b -= mid[2]
+            mid = self.buf[-w][2]        # leaves window B (recent) for window A
+            for j, x in enumerate(mid):
+                sum_a[j] += x
+                sum_b[j] -= x
         self.buf.append((idx, ts, vec))
-        self.sum_b += vec
+        for j, x in enumerate(vec):
+            sum_b[j] += x
         if len(self.buf) < 2 * w:
             return None
-        a, b = self.sum_a / self.sum_a[0], self.sum_b / self.sum_b[0]
-        d = b[1] - a[1]
+        d = sum_b[1] / sum_b[0] - sum_a[1] / sum_a[0]
         boundary_idx, boundary_ts = self.buf[w][0], self.buf[w][1]
         out = None
         if abs(d) > self.thr and boundary_idx > self.quiet_until:
             if self.best is None or abs(d) > abs(self.best[0]):
-                self.best = (d, boundary_idx, boundary_ts, a.copy(), b.copy())
+                a, b = np.array(sum_a) / sum_a[0], np.array(sum_b) / sum_b[0]
+                self.best = (d, boundary_idx, boundary_ts, a, b)
             self.age += 1
         if self.best is not None and (abs(d) <= self.thr or self.age > w or boundary_idx <= self.quiet_until):
             out = self._emit(idx)

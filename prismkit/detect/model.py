@@ -588,6 +588,11 @@ class WorkloadModel:
         U = np.array([ub if ub else (0.0,)], dtype=np.float64)
         return row, (U, np.array([kv0]), np.array([pf0 * kv0]))
 
+    def prepare_one(self) -> None:
+        """Build predict_one's one-row predictor now (prismkit/detect/forest.py: tens of ms)."""
+        self._check()
+        row_predictor(self.booster_, len(self.features_))
+
     def predict_one(self, batch) -> float:
         """Expected dur (ns) of one batch given as a mapping (dict, Series, namedtuple); no pandas.
 

@@ -5,9 +5,16 @@ phase), request TTFT/TPOT/E2E histograms, expected and observed latency of the
 last batch, anomaly state (1 while an episode is open), episode and alert
 event counters, batches/tokens/requests counters and lost events per ring
 buffer (read from the recorder's BPF maps at scrape time).
+
+Batches are only queued on the recorder's thread (one deque append) and folded into the
+metrics by `flush()`: at each scrape, and twice a second from the watch's main thread.
+prometheus_client's per-batch updates (a labelled histogram, counters, gauges, each with
+its lock) cost the recorder's thread ~15 us a batch with a cold cache.
 """
 from __future__ import annotations
 
+import threading
+from collections import deque
 from typing import Callable
 
 BATCH_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -40,6 +47,9 @@ class WatchMetrics:
         self.warmup = Gauge("prism_watch_warming_up", "1 while the baseline is being learned", registry=r)
         self.target_pid = Gauge("prism_target_pid", "PID being watched", registry=r)
         self.target_pid.set(pid)
+        self._pending: deque = deque()      # (dur s, phase, n_tokens, expected ns) of batches not yet folded
+        self._flush_lock = threading.Lock()
+        r.register(_Flusher(self))          # first: every scrape sees every batch queued before it
         self._lost = lost_events
         if lost_events is not None:
             r.register(_LostCollector(lost_events))
@@ -47,14 +57,31 @@ class WatchMetrics:
         self.port: int | None = None
 
     def on_batch(self, batch: dict, expected_ns: float | None) -> None:
-        dur = (batch["ts_end"] - batch["ts_start"]) / 1e9
-        self.batch_latency.labels(batch.get("phase", "all")).observe(dur)
-        self.batches.inc()
-        self.tokens.inc(batch.get("n_tokens") or 0)
-        self.observed.set(dur)
-        if expected_ns:
-            self.expected.set(expected_ns / 1e9)
-            self.ratio.set(dur * 1e9 / expected_ns)
+        self._pending.append(((batch["ts_end"] - batch["ts_start"]) / 1e9, batch.get("phase", "all"),
+                              batch.get("n_tokens") or 0, expected_ns))
+
+    def flush(self) -> None:
+        """Fold the queued batches into the metrics, in order (any thread)."""
+        pending = self._pending
+        if not pending:
+            return
+        with self._flush_lock:
+            n = tokens = 0
+            last = None
+            while pending:
+                last = dur, phase, n_tokens, _exp = pending.popleft()
+                self.batch_latency.labels(phase).observe(dur)
+                n += 1
+                tokens += n_tokens
+            if last is None:
+                return
+            self.batches.inc(n)
+            self.tokens.inc(tokens)
+            dur, _phase, _n, expected_ns = last
+            self.observed.set(dur)
+            if expected_ns:
+                self.expected.set(expected_ns / 1e9)
+                self.ratio.set(dur * 1e9 / expected_ns)
 
     def on_request(self, req: dict) -> None:
         self.requests.inc()
@@ -84,6 +111,7 @@ class WatchMetrics:
 
     def text(self) -> str:
         from prometheus_client import generate_latest
+        # (the registry's first collector flushes)
 
         return generate_latest(self.registry).decode()
 
@@ -93,6 +121,20 @@ class WatchMetrics:
                 self._server.shutdown()
             except Exception:
                 pass
+
+
+class _Flusher:
+    """Not a metric: folds the queued batches in before the registry collects the others."""
+
+    def __init__(self, metrics: WatchMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        self.metrics.flush()
+        return iter(())
 
 
 class _LostCollector:

@@ -279,6 +279,7 @@ class Watcher:
         cfg = DetectorConfig().replace(**self.cfg.detector) if self.cfg.detector else DetectorConfig()
         if "min_limit" not in self.cfg.detector and self.cfg.min_slowdown > cfg.min_limit:
             cfg = cfg.replace(min_limit=self.cfg.min_slowdown)
+        model.prepare_one()   # now, not at the first batch judged (~40 ms: the flat forest and its check)
         self.detector = OnlineDetector(model, cfg)
         self.model = model
         self.state = "watching"
@@ -526,6 +527,7 @@ class Watcher:
         if self._stop.is_set():
             return False
         self.alerts.tick()
+        self.metrics.flush()
         if self.recorder is not None and not self.recorder_alive():
             summary = self._finish_recorder("target_exit")
             reason = summary.stop_reason if summary else "error"
@@ -588,6 +590,7 @@ class Watcher:
             self._undo_nice()
             self._undo_nice = None
         self.state = "stopped"
+        self.metrics.flush()
         self.metrics.close()
         return self.summary()
 
