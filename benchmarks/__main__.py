@@ -3,6 +3,7 @@ import runpy
 import sys
 
 for name in ("benchmarks.bench_recorder", "benchmarks.bench_reader", "benchmarks.bench_alert_latency",
+             "benchmarks.bench_detector_predict",
              "benchmarks.bench_gpu_packs", "benchmarks.bench_py_monitor"):
     print(f"\n===== {name} =====", flush=True)
     sys.argv = [name]

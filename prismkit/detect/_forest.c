@@ -2,10 +2,10 @@
  *
  * prism watch predicts each batch's latency on the recorder's thread, which wakes on a CPU
  * the server has just used: LightGBM's own trees (five arrays per tree, each node visit
- * touching all five) then come from memory, not cache, and its single-row fast path took
- * ~85 us a row with a cold cache against ~10 us warm (200 trees; /tmp-free measurement in
- * benchmarks/bench_detector_predict.py). Here a node is one 24-byte record and each tree's
- * nodes are contiguous, so a cold row touches a few cache lines per tree.
+ * touching all five) then come from memory, not cache: its single-row fast path took ~100 us
+ * a row with a cold cache against ~6 us warm (200 trees). Here a node is one 24-byte record
+ * and each tree's nodes are contiguous, so a cold row touches a few cache lines per tree:
+ * ~17 us cold, ~2 us warm (benchmarks/bench_detector_predict.py, side by side).
  *
  * Same decisions as LightGBM's Tree::NumericalDecision and the same summation order as
  * GBDT::PredictRaw, so the output is bit for bit Booster.predict's for identity-output

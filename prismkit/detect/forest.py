@@ -5,8 +5,8 @@ returns what ``booster.predict`` would for it, by the fastest of:
 
 1. `_forest.Forest` (prismkit/detect/_forest.c): the trees as one flat array of 24-byte
    nodes, built here from ``Booster.dump_model()``. With a cold cache (a thread woken on a
-   CPU the server just used) LightGBM's own layout costs ~85 us a row for 200 trees; see
-   benchmarks/bench_detector_predict.py for the side-by-side figures. Used only after it
+   CPU the server just used) LightGBM's own layout costs ~100 us a row for 200 trees, the
+   flat one ~17 (benchmarks/bench_detector_predict.py, side by side). Used only after it
    reproduced ``booster.predict`` exactly on probe rows built from the trees' own
    thresholds (with NaN, zero and the neighbouring floats).
 2. LightGBM's single-row fast path (LGBM_BoosterPredictForMatSingleRowFast).
