@@ -360,9 +360,10 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
                         "autogroup its own threads' nice")
     p.add_argument("--live-priority", type=int, default=0,
                    help="SCHED_FIFO priority (1-99) for the recorder thread while it waits for batches and runs "
-                        "the detector on them (it drops to normal for the trace writing); 0 (default): normal scheduling. Real-time keeps alerts within milliseconds "
-                        "on a busy host, but its ~0.1-0.2 ms of work per batch then preempts the server: use it "
-                        "for engines whose batches take several ms, not sub-millisecond ones")
+                        "the detector on them (it drops to normal scheduling for the trace writing); 0 (default): "
+                        "normal scheduling. Real-time keeps alerts within milliseconds on a busy host, but the "
+                        "detector's work (tens of us a batch, a few hundred after a wakeup) then preempts the "
+                        "server: use it for engines whose batches take several ms, not sub-millisecond ones")
     p.add_argument("--wake", choices=("suspects", "every"), default="suspects",
                    help="which finished batches wake the detector at once: 'suspects' (default: those that lasted "
                         "long enough to be flagged, judged in the kernel per batch shape; the others arrive in order "

@@ -27,6 +27,10 @@ class WatchMetrics:
 
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._pending: deque = deque()      # (dur s, phase, n_tokens, expected ns) of batches not yet folded
+        self._flush_lock = threading.Lock()
+        r.register(_Flusher(self))          # first (collectors are collected in registration order):
+                                            # every scrape sees every batch queued before it
         self.batch_latency = Histogram("prism_batch_latency_seconds", "Observed batch (llama_decode) latency",
                                        ["phase"], buckets=BATCH_BUCKETS, registry=r)
         self.expected = Gauge("prism_batch_expected_latency_seconds",
@@ -47,9 +51,6 @@ class WatchMetrics:
         self.warmup = Gauge("prism_watch_warming_up", "1 while the baseline is being learned", registry=r)
         self.target_pid = Gauge("prism_target_pid", "PID being watched", registry=r)
         self.target_pid.set(pid)
-        self._pending: deque = deque()      # (dur s, phase, n_tokens, expected ns) of batches not yet folded
-        self._flush_lock = threading.Lock()
-        r.register(_Flusher(self))          # first: every scrape sees every batch queued before it
         self._lost = lost_events
         if lost_events is not None:
             r.register(_LostCollector(lost_events))
@@ -69,11 +70,11 @@ class WatchMetrics:
             n = tokens = 0
             last = None
             while pending:
-                last = dur, phase, n_tokens, _exp = pending.popleft()
-                self.batch_latency.labels(phase).observe(dur)
+                last = pending.popleft()
+                self.batch_latency.labels(last[1]).observe(last[0])
                 n += 1
-                tokens += n_tokens
-            if last is None:
+                tokens += last[2]
+            if last is None:   # (another thread folded them meanwhile)
                 return
             self.batches.inc(n)
             self.tokens.inc(tokens)
@@ -111,7 +112,6 @@ class WatchMetrics:
 
     def text(self) -> str:
         from prometheus_client import generate_latest
-        # (the registry's first collector flushes)
 
         return generate_latest(self.registry).decode()
 
