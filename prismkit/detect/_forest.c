@@ -24,7 +24,7 @@ typedef struct {
     int16_t feature;
     uint8_t default_left;
     uint8_t missing_type;    /* 0 None, 1 Zero, 2 NaN (LightGBM's MissingType) */
-} Node;                      /* 24 bytes: forest.py packs it as "<diih2B" */
+} Node;                      /* 24 bytes: forest.py packs it as "<diihBB4x" */
 
 static const double kZeroThreshold = 1e-35f;   /* LightGBM's, a float */
 

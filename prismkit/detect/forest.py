@@ -89,7 +89,7 @@ def probe_rows(model: dict, n_features: int, n: int = 256, seed: int = 0) -> np.
 def compile_forest(booster, n_features: int):
     """A _forest.Forest that predicts exactly as booster.predict, or None (no native part,
     an unsupported model, or any difference on the probe rows)."""
-    if _forest is None:
+    if _forest is None or _forest.NODE_SIZE != NODE.size:   # (a layout the C file no longer has)
         return None
     try:
         model = booster.dump_model()
@@ -97,7 +97,7 @@ def compile_forest(booster, n_features: int):
         X = probe_rows(model, n_features)
         want = booster.predict(X, num_threads=1)
         got = np.array([forest.predict(row) for row in X.tolist()])
-    except (_Unsupported, ValueError, KeyError):
+    except (_Unsupported, ValueError, KeyError, struct.error):
         return None
     return forest if np.array_equal(got, want, equal_nan=True) else None
 
