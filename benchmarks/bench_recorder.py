@@ -155,11 +155,14 @@ def overhead_toggled(model: str, seconds: float, segment_s: float, concurrency: 
             rec.send_signal(signal.SIGINT)
             rec.wait(60)
             segments = _toggled_segments(out, settle_s)
+            watched = _watch_figures(out) if watch else ""
     finally:
         srv.stop()
     cpu_on, cpu_off = _cpu_by_state(cpu_marks)
     r = _neighbour_ratios(segments, chunks, ("attached", "detached"))
     print(f"  recorder CPU: {cpu_on:.3f} attached, {cpu_off:.4f} detached")
+    if watch:
+        print(watched)
     mean_lo, mean_hi, med_lo, med_hi = _intervals(r)
     print(f"attached / neighbouring detached throughput, {len(r)} segments: mean {r.mean():.4f} "
           f"(95% interval {mean_lo:.4f}-{mean_hi:.4f}; one segment's ratio varies by {r.std():.1%}), "

@@ -47,6 +47,17 @@ def _cpu_list(text: str) -> list[int]:
     return sorted(out)
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer above zero (argparse turns the ValueError into a one-line error)."""
+    n = int(text)
+    if n <= 0:
+        raise ValueError(text)
+    return n
+
+
+_positive_int.__name__ = "positive integer"   # argparse: "invalid positive integer value: '0'"
+
+
 def _cmd_target(args: argparse.Namespace) -> int:
     from .target.build import ensure_llama_server
     from .target.model import ensure_model
@@ -161,9 +172,9 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=None, help="seconds to record (default: until Ctrl-C or the target exits)")
     p.add_argument("-o", "--output", type=Path, default=Path("out/trace.pftrace"))
     p.add_argument("--ringbuf-pages", type=int, default=256, help="ring buffer size per pack, in pages (power of two)")
-    p.add_argument("--poll-ms", type=int, default=200,
+    p.add_argument("--poll-ms", type=_positive_int, default=200,
                    help="how often the ring buffers are drained (at the first batch end after it)")
-    p.add_argument("--sample-ms", type=int, default=200, help="period of the CPU/memory/pressure counters")
+    p.add_argument("--sample-ms", type=_positive_int, default=200, help="period of the CPU/memory/pressure counters")
     p.add_argument("--min-offcpu-us", type=int, default=50,
                    help="off-CPU intervals shorter than this are counted, not written one by one "
                         "(preemptions by other processes: see --min-preempt-us); 0 writes all")
@@ -342,8 +353,11 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
                    help="when the target exits, re-attach to the next process listening on this port")
     p.add_argument("--follow-cmd", default=None, metavar="REGEX",
                    help="when the target exits, re-attach to the newest process whose command line matches REGEX")
-    p.add_argument("--poll-ms", type=int, default=200,
-                   help="how often the ring buffers are drained (at the first batch end after it)")
+    p.add_argument("--poll-ms", type=_positive_int, default=500,
+                   help="how often the ring buffers are drained (at the first batch end after it; a batch that "
+                        "may be slow wakes the detector at once regardless)")
+    p.add_argument("--sample-ms", type=_positive_int, default=500,
+                   help="period of the CPU/memory/pressure counters in the trace")
     p.add_argument("--no-causes", action="store_true", help="do not run cause analysis on an alert")
     p.add_argument("--syscalls", action="store_true", help="also record the syscalls pack (see prism record --help)")
     p.add_argument("--rca", action="store_true",
@@ -397,7 +411,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                       slo_tpot_ms=args.slo_tpot, alerts_jsonl=args.alerts_jsonl, webhook=args.webhook,
                       prometheus_port=args.prometheus_port, warmup_s=args.warmup, follow_port=args.follow_port,
                       follow_cmd=args.follow_cmd,
-                      poll_ms=args.poll_ms, causes=not args.no_causes, verbose=not args.quiet,
+                      poll_ms=args.poll_ms, sample_ms=args.sample_ms, causes=not args.no_causes, verbose=not args.quiet,
                       nice=args.nice, min_excess_ms=args.min_excess_ms, min_slowdown=args.min_slowdown,
                       rca=args.rca, live_rt_priority=args.live_priority or None, syscalls=args.syscalls,
                       wake=args.wake)

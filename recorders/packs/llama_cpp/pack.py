@@ -121,6 +121,7 @@ class LiveWake:
     """
 
     DRAINS, EVERY_BATCH, SUSPECTS = 0, 1, 2
+    MODE_NAMES = {DRAINS: "drains", EVERY_BATCH: "every_batch", SUSPECTS: "suspects"}
 
     def __init__(self, bpf, mode: int = DRAINS, min_gap_ms: float = 0) -> None:
         self._wake = bpf["llama_wake"]
@@ -276,12 +277,13 @@ class LlamaCppPack(ProbePack):
         ev = LlamaEvent()  # (this buffer holds batches only: stages have llama_stage_events)
         ct.memmove(ct.addressof(ev), data, ct.sizeof(LlamaEvent))
         self.batches += 1
-        seen = None
+        seen = args = None
         if self._ctx.live_observers:  # (with none, the writing thread builds it)
-            seen = self._seen(ev, self.batches)
+            args = self._batch_args(ev, self.batches)
+            seen = self._seen(ev, self.batches, args)
             for observe in self._ctx.live_observers:
                 observe(seen)
-        self._ctx.defer(self._write_batch, ev, self.batches, seen)
+        self._ctx.defer(self._write_batch, ev, self.batches, seen, args)
 
     @classmethod
     def _seen(cls, ev: LlamaEvent, batch_id: int, args: dict | None = None) -> dict:
@@ -330,13 +332,13 @@ class LlamaCppPack(ProbePack):
         # until that batch arrives so the track's events stay in time order.
         self._pending.setdefault(tid, []).append(_Stage(ts_start, ts_end - ts_start, name))
 
-    def _write_batch(self, ev: LlamaEvent, batch_id: int, seen: dict | None) -> None:
+    def _write_batch(self, ev: LlamaEvent, batch_id: int, seen: dict | None, args: dict | None = None) -> None:
         ctx = self._ctx
         w = ctx.writer
         track = ctx.thread_track(ev.tid)
         self._decode_tids.add(ev.tid)
         self._flush_stages(ev.tid, upto=ev.ts_start)  # stages that ended before this batch began
-        args = self._batch_args(ev, batch_id)
+        args = args or self._batch_args(ev, batch_id)   # (built once when live observers saw the batch)
         flows = []
         if ctx.batch_observers:
             seen = seen or self._seen(ev, batch_id, args)
