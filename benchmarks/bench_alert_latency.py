@@ -126,6 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--live-priority", type=int, default=0,
                     help="SCHED_FIFO priority of the recorder's batch consumer and the webhook sender (0: normal)")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "bench_alert")
+    ap.add_argument("--poll-ms", type=int, default=None, help="the watch's drain period (default: prism watch's)")
     ap.add_argument("--pid", type=int, default=None, help="watch this running server instead of starting one")
     ap.add_argument("--url", default=None)
     args = ap.parse_args(argv)
@@ -154,7 +155,8 @@ def main(argv=None) -> int:
         (args.out / "alerts.jsonl").write_text("")
         cfg = WatchConfig(pid=pid, output=args.out / "watch.pftrace", warmup_s=args.warmup, prometheus_port=0,
                           nice=args.nice, verbose=True, resolve_after_s=args.resolve_after,
-                          live_rt_priority=args.live_priority or None)
+                          live_rt_priority=args.live_priority or None,
+                          **({"poll_ms": args.poll_ms} if args.poll_ms else {}))
         w = Watcher(cfg, sinks=sinks)
         stop = threading.Event()
         loads = []

@@ -353,10 +353,10 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
                    help="when the target exits, re-attach to the next process listening on this port")
     p.add_argument("--follow-cmd", default=None, metavar="REGEX",
                    help="when the target exits, re-attach to the newest process whose command line matches REGEX")
-    p.add_argument("--poll-ms", type=_positive_int, default=500,
+    p.add_argument("--poll-ms", type=_positive_int, default=200,
                    help="how often the ring buffers are drained (at the first batch end after it; a batch that "
                         "may be slow wakes the detector at once regardless)")
-    p.add_argument("--sample-ms", type=_positive_int, default=500,
+    p.add_argument("--sample-ms", type=_positive_int, default=200,
                    help="period of the CPU/memory/pressure counters in the trace")
     p.add_argument("--no-causes", action="store_true", help="do not run cause analysis on an alert")
     p.add_argument("--syscalls", action="store_true", help="also record the syscalls pack (see prism record --help)")

@@ -58,12 +58,12 @@ class WatchConfig:
     max_fit_batches: int = 4000                     # warm-up batches (evenly spaced) the baseline is fitted on
     nice: int | None = None                         # autogroup nice of the watcher itself (alert path under load)
     syscalls: bool = False                          # also the syscalls pack (off by default: its cost)
-    # Drains of the ring buffers and samples of the counters, less often than prism record's 200 ms: a
-    # watch runs for days, and a batch that may be slow wakes the detector at once anyway (wake=
-    # 'suspects'); the others, the trace writing and the counters follow at the next drain. Under the
-    # benchmark's load this took the watcher from ~9.4 to ~7.1 ms of CPU a second (README).
-    poll_ms: int = 500
-    sample_ms: int = 500
+    # Drains of the ring buffers and samples of the counters, as prism record. Every 500 ms took the
+    # watcher from ~9.4 to ~7-8 ms of CPU a second with no throughput gain the benchmark could see,
+    # and the webhook's alert p99 went from 1.9 to 4.5 ms (one benchmark run each; likely the larger
+    # drain right after the alarm batch, holding the GIL that the sink's thread needs): README.
+    poll_ms: int = 200
+    sample_ms: int = 200
     causes: bool = True
     rca: bool = False                               # also prismkit.rootcause on the growing trace (a worker process)
     resolve_after_s: float = 1.0                    # anomalies closer than this are one alert episode
