@@ -155,8 +155,7 @@ def main(argv=None) -> int:
         (args.out / "alerts.jsonl").write_text("")
         cfg = WatchConfig(pid=pid, output=args.out / "watch.pftrace", warmup_s=args.warmup, prometheus_port=0,
                           nice=args.nice, verbose=True, resolve_after_s=args.resolve_after,
-                          live_rt_priority=args.live_priority or None,
-                          **({"poll_ms": args.poll_ms} if args.poll_ms else {}))
+                          live_rt_priority=args.live_priority or None, poll_ms=args.poll_ms or WatchConfig.poll_ms)
         w = Watcher(cfg, sinks=sinks)
         stop = threading.Event()
         loads = []
