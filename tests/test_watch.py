@@ -186,6 +186,14 @@ def test_stall_gives_one_episode_within_goal(session):
     first = next(x for x in lines if x["alert_id"] == ep["alert_id"])
     for key in ("observed_ms", "expected_ms", "slowdown", "batches", "requests", "slo", "causes"):
         assert key in first
+    # the episode's own scheduler records (the sched pack) show the server's threads stopped together
+    deadline = time.monotonic() + 5
+    while not ep["causes"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+        ep = next(e for e in w.alerts.episodes if e["alert_id"] == ep["alert_id"])
+    print("stall episode causes:", ep["causes"])
+    assert ep["causes"] and ep["causes"][0]["cause"] == "stall", ep["causes"]
+    assert any(c["cause"] == "stall" and c["source"] == "sched" for c in ep["causes"]), ep["causes"]
     session["stall_alert"] = ep["alert_id"]
 
 
@@ -201,6 +209,28 @@ def test_webhook_receives_the_alert(session):
     assert [x["event"] for x in got][0] == "opened" and got[-1]["event"] == "resolved"
     hook = next(s for s in session["w"].sinks if s.name == "webhook")
     assert hook.failed == 0
+
+
+def test_cpu_contention_gives_one_episode_naming_the_hogs(session):
+    """Busy processes on the server's CPUs: one episode, whose causes (from the episode's own
+    scheduler records) name them as the tasks that held the CPUs the server waited for."""
+    w = session["w"]
+    label = _inject(session["info"].pid, "cpu_contention", 1.5, session["dir"] / "labels.jsonl")
+    hogs = label["params"]["helper_pids"]
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 15:
+        time.sleep(0.5)
+        w.poll()
+        eps = _overlapping(w, label["start_ns"], label["end_ns"] + 500_000_000)
+        if eps and all(e["status"] == "resolved" for e in eps):
+            break
+    print("cpu_contention episodes:", [(e["slowdown"], e["duration_ms"], e["causes"]) for e in eps])
+    assert len(eps) == 1, eps
+    ep = eps[0]
+    assert ep["status"] == "resolved" and ep["end_ns"] >= label["start_ns"], ep
+    top = ep["causes"][0]
+    assert top["cause"] == "cpu_contention" and top["source"] == "sched", ep["causes"]
+    assert any(f"pid {p}" in top["evidence"] for p in hogs), (hogs, top)
 
 
 def _same_workload_ratio(batches, ep: dict, t0: int, t1: int) -> tuple[float, int]:

@@ -309,6 +309,7 @@ class AlertManager:
         self.resolve_after_s = resolve_after_s
         self.min_excess_ms = min_excess_ms
         self.min_slowdown = min_slowdown
+        self._ring: deque = deque()   # the watcher's recent batches (the causes measure within them)
         self._pending = None      # a detector anomaly that has not yet cost min_excess_ms (or reached min_slowdown)
         self.suppressed = 0       # detector anomalies that closed below them (no alert)
         self.causes_fn = causes
@@ -320,6 +321,7 @@ class AlertManager:
         self._seq = 0
         self._lock = threading.RLock()
         self._enrich_q: queue.SimpleQueue = queue.SimpleQueue()
+        self._resolving: list[dict] = []      # episodes over, waiting for their final causes
         self._enricher = threading.Thread(target=self._enrich_loop, name="prism-causes", daemon=True)
         self._enricher.start()
         self.recent_requests: deque = deque(maxlen=4096)   # dicts from the http pack (ts_arrival, ts_end, ttft_ns, ...)
@@ -335,6 +337,7 @@ class AlertManager:
         The detector's anomalies that follow one another within `resolve_after_s`
         are one episode (one alert): its close only arms the resolve timer.
         """
+        self._ring = ring
         with self._lock:
             st = self._open
             if v.alarm is not None:
@@ -342,6 +345,7 @@ class AlertManager:
                     st["an"], st["closing_at"] = v.alarm, None       # same episode, continues
                     self._add_mask(st, v.alarm, ring)
                     self._emit_locked("updated", batch["ts_end"])
+                    self._enrich(st, "grow")     # (it may have another cause than the start)
                 else:
                     self._pending = v.alarm
             an = self._pending
@@ -373,14 +377,26 @@ class AlertManager:
             st = self._open
             if st is not None and st["closing_at"] is not None and \
                     time.monotonic() - st["closing_at"] >= self.resolve_after_s:
-                self._emit_locked("resolved", time.monotonic_ns())
                 self._open = None
+                if self.causes_fn is not None and self._enricher.is_alive():
+                    self._resolving.append(st)   # resolved by the enrichment thread, with the causes of all of it
+                    self._enrich(st, "final")
+                else:
+                    self._emit_locked("resolved", time.monotonic_ns(), st)
 
     def close_now(self) -> None:
         with self._lock:
             if self._open is not None:
                 self._emit_locked("resolved", time.monotonic_ns())
                 self._open = None
+
+    def _enrich(self, st: dict, kind: str) -> None:
+        """Queue a cause analysis of episode st: 'open', 'grow' (it went on after a pause) or
+        'final' (then resolve it). One 'grow' at a time: a later one covers more anyway."""
+        if self.causes_fn is None or (kind == "grow" and st.get("growing")):
+            return
+        st["growing"] = st.get("growing") or kind == "grow"
+        self._enrich_q.put((kind, st))
 
     @staticmethod
     def _add_mask(st: dict, an, ring: deque) -> None:
@@ -403,8 +419,7 @@ class AlertManager:
                          "to_detector": (batch.get("t_deq", 0) - batch.get("t_obs", 0)) / 1e6,
                          "to_alert": (time.monotonic_ns() - batch.get("t_deq", 0)) / 1e6}
         self._emit_locked("opened", batch["ts_end"])
-        if self.causes_fn is not None:
-            self._enrich_q.put((st["id"], an.start_ts, an.alarm_ts))
+        self._enrich(st, "open")
 
     def _doc(self, event: str, st: dict) -> dict:
         parts = list(st["closed"]) + ([] if st["an"] in st["closed"] else [st["an"]])
@@ -454,8 +469,8 @@ class AlertManager:
             out["tpot_violations"] = sum(1 for r in rs if (r.get("tpot_ns") or 0) / 1e6 > self.slo_tpot_ms)
         return out
 
-    def _emit_locked(self, event: str, ref_ns: int) -> None:
-        st = self._open
+    def _emit_locked(self, event: str, ref_ns: int, st: dict | None = None) -> None:
+        st = self._open if st is None else st
         if st is None:
             return
         doc = self._doc(event, st)
@@ -486,25 +501,46 @@ class AlertManager:
             item = self._enrich_q.get()
             if item is None:
                 return
-            alert_id, start, end = item
+            kind, st = item
+            with self._lock:
+                end_ns, excess_ns = self._episode_now(st)
+            ctx = {"pid": self.pid, "start_ns": st["start_ns"], "end_ns": end_ns, "excess_ns": excess_ns,
+                   "current": lambda st=st: self._episode_now(st), "batches": self._recent_batches,
+                   "final": kind == "final", "kept": st.get("kept") or []}
             try:
-                causes = self.causes_fn({"pid": self.pid, "start_ns": start, "end_ns": end})
+                causes = self.causes_fn(ctx)
             except Exception as exc:
                 causes = [{"cause": "unknown", "evidence": f"cause analysis failed: {exc}", "score": 0.0}]
             with self._lock:
-                st = self._open
-                if st is not None and st["id"] == alert_id:
+                if causes or not st.get("causes"):
                     st["causes"] = causes
+                    st["kept"] = [c for c in causes if c.get("source") in ("proc", "prismkit.rootcause")] or \
+                        st.get("kept")
+                if kind == "grow":
+                    st["growing"] = False
+                if kind == "final":
+                    self._emit_locked("resolved", time.monotonic_ns(), st)
+                    self._resolving.remove(st)
+                elif st is self._open:
                     self._emit_locked("updated", time.monotonic_ns())
-                    continue
-            if True:  # resolved meanwhile: attach to the stored episode
-                for d in self.episodes:
-                    if d["alert_id"] == alert_id:
-                        d["causes"] = causes
+
+    def _recent_batches(self) -> list[tuple[int, int]]:
+        """[(ts_start, ts_end)] of the recent batches the detector saw."""
+        return [(b["ts_start"], b["ts_end"]) for b in list(self._ring)]
+
+    def _episode_now(self, st: dict) -> tuple[int, float]:
+        """(end_ns, excess_ns) of episode st as it stands now."""
+        with self._lock:
+            d = self._doc("updated", st)
+            return d["end_ns"], d["excess_ms"] * 1e6
 
     def close(self) -> None:
         self._enrich_q.put(None)
-        self._enricher.join(2.0)
+        self._enricher.join(5.0)
+        with self._lock:
+            for st in self._resolving:     # the enrichment thread did not get to them
+                self._emit_locked("resolved", time.monotonic_ns(), st)
+            self._resolving.clear()
         close_causes = getattr(self.causes_fn, "close", None)
         if close_causes is not None:
             close_causes()          # e.g. the root-cause worker process

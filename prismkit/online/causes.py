@@ -19,7 +19,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
+
+import numpy as np
 
 
 def _read(path: str) -> str:
@@ -76,17 +79,23 @@ def _state(pid: int) -> str:
     return s[r + 2:r + 3] if r > 0 else "?"
 
 
-def quick_causes(pid: int, window_s: float = 0.5, samples: int = 25) -> list[dict]:
+def quick_causes(pid: int, window_s: float = 0.5, samples: int = 25, scan_processes: bool = True) -> list[dict]:
+    """Evidence from /proc over the next `window_s`.
+
+    scan_processes=False leaves out the other processes' CPU time (every /proc/PID/stat
+    read twice, ~11 ms of CPU on a quiet host): the sched pack's records name who held
+    the server's CPUs during the episode itself (SchedHistory), which this cannot.
+    """
     hz = os.sysconf("SC_CLK_TCK")
     t0 = time.monotonic()
-    ticks0, sched0 = _proc_cpu_ticks(), _schedstat(pid)
+    ticks0, sched0 = (_proc_cpu_ticks() if scan_processes else {}), _schedstat(pid)
     psi0 = {k: _psi_total(k) for k in ("cpu", "memory", "io")}
     stopped = 0
     for _ in range(samples):
         time.sleep(window_s / samples)
         if _state(pid) in ("T", "t"):
             stopped += 1
-    ticks1, sched1 = _proc_cpu_ticks(), _schedstat(pid)
+    ticks1, sched1 = (_proc_cpu_ticks() if scan_processes else {}), _schedstat(pid)
     psi1 = {k: _psi_total(k) for k in ("cpu", "memory", "io")}
     wall = time.monotonic() - t0
     ncpu = max(len(os.sched_getaffinity(pid)) if os.path.exists(f"/proc/{pid}") else os.cpu_count() or 1, 1)
@@ -105,7 +114,7 @@ def quick_causes(pid: int, window_s: float = 0.5, samples: int = 25) -> list[dic
     if stopped:
         causes.append({"cause": "stall", "score": 0.5 + 0.5 * stopped / samples,  # being stopped is decisive
                        "evidence": f"server stopped (state T) in {stopped}/{samples} samples"})
-    if other_share > 0.1 or runq > 0.2:
+    if scan_processes and (other_share > 0.1 or runq > 0.2):
         top = ", ".join(f"{c}[{p}] {s:.0%}" for s, p, c in others[:3])
         causes.append({"cause": "cpu_contention", "score": min(1.0, max(other_share, runq / ncpu)),
                        "evidence": f"other processes use {other_share:.0%} of the server's {ncpu} CPUs ({top}); "
@@ -121,6 +130,191 @@ def quick_causes(pid: int, window_s: float = 0.5, samples: int = 25) -> list[dic
                        "evidence": f"server on CPU {cpu_share:.2f} s/s, run-queue wait {runq:.2f} s/s"})
     causes.sort(key=lambda c: -c["score"])
     return causes
+
+
+# -- the episode itself, from the sched pack's records ---------------------------------------------
+PF_KTHREAD = 0x00200000          # /proc/PID/stat flags: a kernel thread
+SCHED_RECORD = [("ts_off", "<u8"), ("ts_on", "<u8"), ("runq_ns", "<u8"), ("tid", "<u4"), ("by_pid", "<u4"),
+                ("cpu", "<u4"), ("reason", "<u4"), ("by_comm", "S16")]   # struct sched_event (sched.bpf.c)
+PREEMPTED = 1
+MIN_SCORE = 0.2                  # a cause must explain at least this share of the episode's excess time
+
+
+def _task_label(tid: int, comm: str, own: set[int]) -> str:
+    if tid in own:
+        return f"{comm} (pid {tid}, this watcher)"
+    s = _read(f"/proc/{tid}/stat")
+    r = s.rfind(")")
+    try:
+        if int(s[r + 2:].split()[6]) & PF_KTHREAD:
+            return f"{comm} (pid {tid}, kernel thread)"
+    except (IndexError, ValueError):
+        pass
+    return f"{comm} (pid {tid})"
+
+
+def _tids(pid: int) -> set[int]:
+    try:
+        return {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+    except OSError:
+        return set()
+
+
+def _ms(ns: float) -> str:
+    return f"{ns / 1e6:.1f} ms"
+
+
+class SchedHistory:
+    """The sched pack's records of the last `keep_s` (who held the CPUs the server's threads
+    waited for), kept for the causes of a live episode.
+
+    A short episode (one batch 12 ms slow) is over long before /proc can be sampled:
+    only the records of the episode itself can say who took the CPU. The recorder's
+    thread hands over each drain's bytes as they are (`add`: a reference, no decoding);
+    the enrichment thread decodes the history only when an episode needs its causes.
+    Each cause is scored by the share of the episode's excess time (observed minus
+    expected batch time) it accounts for, beyond its own rate in the history before
+    the episode (a 2-core server's threads always wait for each other a little).
+    """
+
+    def __init__(self, keep_s: float = 20.0) -> None:
+        self.keep_ns = int(keep_s * 1e9)
+        self._chunks: deque = deque()       # (monotonic ns of the drain, raw records)
+        self.last_drain_ns = 0
+
+    def add(self, raw: bytes) -> None:
+        """One drain's records (the recorder's thread)."""
+        now = time.monotonic_ns()
+        chunks = self._chunks
+        chunks.append((now, raw))
+        self.last_drain_ns = now
+        while chunks and now - chunks[0][0] > self.keep_ns:
+            chunks.popleft()
+
+    def clear(self) -> None:
+        """A new target: its threads are others."""
+        self._chunks.clear()
+        self.last_drain_ns = 0
+
+    @property
+    def active(self) -> bool:
+        return self.last_drain_ns > 0
+
+    def records(self) -> np.ndarray:
+        chunks = list(self._chunks)     # (one C call: safe against the recorder thread's appends)
+        return np.frombuffer(b"".join(raw for _t, raw in chunks), dtype=np.dtype(SCHED_RECORD))
+
+    def wait_past(self, t_ns: int, timeout_s: float = 1.0) -> None:
+        """Until a drain after t_ns + 20 ms (records of off-CPU intervals that ended by then)."""
+        deadline = time.monotonic() + timeout_s
+        while self.last_drain_ns < t_ns + 20_000_000 and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def causes(self, pid: int, start_ns: int, end_ns: int, excess_ns: float,
+               batches: np.ndarray | None = None) -> list[dict]:
+        """Ranked causes of the episode [start_ns, end_ns) that lost excess_ns of batch time.
+
+        batches: [start, end) of the server's recent batches, (n, 2). Only what happened while a
+        batch ran can have slowed one down, so times are measured within batches when given
+        (within the episode's wall time otherwise)."""
+        from prismkit.rootcause.features import group_stops, interval_overlap
+
+        import pandas as pd
+
+        rec = self.records()
+        if len(rec) == 0 or end_ns <= start_ns:
+            return []
+        ts = rec["ts_off"].astype(np.int64)
+        te = rec["ts_on"].astype(np.int64)
+        by = rec["by_pid"].astype(np.int64)
+        pre = rec["reason"] == PREEMPTED
+        own = np.isin(by, np.fromiter(set(rec["tid"].tolist()) | _tids(pid) | {pid}, dtype=np.int64))
+        h0 = max(int(ts.min()), start_ns - self.keep_ns)        # the history before the episode
+        if batches is None or len(batches) == 0:
+            busy_now, busy_before = np.array([[start_ns, end_ns]]), np.array([[h0, start_ns]])
+        else:
+            b = np.asarray(batches, dtype=np.int64).reshape(-1, 2)
+            busy_now = np.clip(b, start_ns, end_ns)
+            busy_before = np.clip(b, h0, start_ns)
+
+        def within(s0: np.ndarray, s1: np.ndarray, busy: np.ndarray) -> float:
+            """Time of intervals [s0, s1) (summed) that falls within the busy intervals."""
+            return float(interval_overlap(s0, s1, busy[:, 0], busy[:, 1]).sum()) if len(s0) else 0.0
+
+        win = max(float((busy_now[:, 1] - busy_now[:, 0]).sum()), 1.0)        # batch time in the episode
+        hist = max(float((busy_before[:, 1] - busy_before[:, 0]).sum()), 1.0)  # and before it
+        what = f"{_ms(win)} of batches" if batches is not None and len(batches) else f"{_ms(win)} episode"
+        excess = max(float(excess_ns), 1.0)
+        causes = []
+
+        near = (te > start_ns - 2_000_000_000) & (ts < end_ns + 2_000_000)   # (group_stops loops per candidate)
+        stops = group_stops(pd.DataFrame({"pid": pid, "tid": rec["tid"][near].astype(np.int64), "ts": ts[near],
+                                          "dur": (te - ts)[near]}), pid, exclusive=True)
+        stopped = within(stops[:, 0], stops[:, 1], busy_now)
+        if stopped > 0:
+            causes.append({"cause": "stall", "score": min(1.0, stopped / excess),
+                           "evidence": f"all the server's threads were stopped together for {_ms(stopped)} "
+                                       f"of the {what}"})
+
+        # Run-queue waits: a preempted thread's whole interval; a blocked one's end, after its wakeup
+        # (not after a stop: SIGCONT wakes every thread at once). The engine's threads run in
+        # lockstep, so a batch waits while any one of them waits: the union counts, not the sum.
+        rq0 = np.maximum(te - rec["runq_ns"].astype(np.int64), ts)
+        if len(stops):
+            k = np.searchsorted(stops[:, 0], ts, side="right") - 1
+            in_stop = (k >= 0) & (ts <= stops[np.maximum(k, 0), 1])
+            rq0 = np.where(in_stop, te, rq0)
+        u0, u1 = _union(rq0, te)
+        w_rq, r_rq = within(u0, u1, busy_now), within(u0, u1, busy_before) / hist
+        x_rq = max(w_rq - r_rq * win, 0.0)
+        if x_rq > 0:
+            other = pre & ~own & (by != 0)
+            ov = np.maximum(np.minimum(te, end_ns) - np.maximum(ts, start_ns), 0)
+            m = other & (ov > 0)
+            who = {}
+            for b_, c, o in zip(by[m].tolist(), rec["by_comm"][m].tolist(), ov[m].tolist()):
+                who[(b_, c)] = who.get((b_, c), 0) + o
+            me = _tids(os.getpid())
+            top = [kv for kv in sorted(who.items(), key=lambda kv: -kv[1])[:3] if kv[1] >= max(5e5, 0.05 * w_rq)]
+            names = ", ".join(f"{_task_label(b_, c.decode(errors='replace'), me)} {_ms(o)}" for (b_, c), o in top)
+            evidence = (f"for {_ms(w_rq)} of the {what} a thread of the server waited in the run queue "
+                        f"(before it: {r_rq:.0%} of the time): ")
+            evidence += (f"behind {names}, and behind the server's own threads for the rest" if names else
+                         f"behind the server's own threads (other tasks held their CPUs {_ms(float(ov[other].sum()))})")
+            causes.append({"cause": "cpu_contention", "score": min(1.0, x_rq / excess), "evidence": evidence})
+
+        idle = pre & (by == 0)        # switched out with nothing else to run: the CPU quota ran out
+        i0, i1 = _union(ts[idle], te[idle])
+        w_idle, r_idle = within(i0, i1, busy_now), within(i0, i1, busy_before) / hist
+        x_idle = max(w_idle - r_idle * win, 0.0)
+        if x_idle > 0:
+            causes.append({"cause": "cpu_throttle", "score": min(1.0, x_idle / excess),
+                           "evidence": f"the server's threads were switched out with their CPU left idle for "
+                                       f"{_ms(w_idle)} of the {what} (a CPU quota ran out?)"})
+        causes = [c for c in causes if c["score"] >= MIN_SCORE]
+        if not causes:
+            causes.append({"cause": "unknown", "score": 0.0,
+                           "evidence": f"no preemption, stop or throttling of the server's threads accounts for "
+                                       f"the {_ms(excess)} lost: in the {what} a thread waited in the run "
+                                       f"queue {_ms(w_rq)} (before it: {r_rq:.0%} of the time)"})
+        for c in causes:
+            c["source"] = "sched"
+        causes.sort(key=lambda c: -c["score"])
+        return causes
+
+
+def _union(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The union of the intervals [starts, ends) as disjoint sorted intervals."""
+    keep = ends > starts
+    s, e = starts[keep], ends[keep]
+    if len(s) == 0:
+        return s, e
+    o = np.argsort(s, kind="stable")
+    s, e = s[o], e[o]
+    reach = np.maximum.accumulate(e)
+    first = np.r_[True, s[1:] > reach[:-1]]          # a new run of overlapping intervals begins
+    idx = np.flatnonzero(first)
+    return s[idx], np.maximum.reduceat(e, idx)
 
 
 WINDOW_MARGIN_NS = 2_000_000_000   # read this much before the baseline: slices and counters that span its start
@@ -284,20 +478,41 @@ def _worker_main() -> None:
         out.flush()
 
 
-def make_cause_fn(trace_path=None, rca: bool = False, model_fn=None, wait_s: float = 1.5):
-    """The causes callback for AlertManager: quick /proc evidence; with `rca`, prismkit.rootcause too.
+def make_cause_fn(trace_path=None, rca: bool = False, model_fn=None, wait_s: float = 1.5,
+                  sched: SchedHistory | None = None):
+    """The causes callback for AlertManager: quick /proc evidence, the episode's own scheduler
+    records when the sched pack runs (`sched`); with `rca`, prismkit.rootcause too.
 
     Runs on the enrichment thread only (never on the alert path); the root-cause
     analysis reloads the growing trace in an RcaWorker process, so it is opt-in
     (`prism watch --rca`). The callback's close() stops that process.
+
+    ctx: pid, start_ns, end_ns, excess_ns (when queued), `current`, a callable giving the
+    episode's (end_ns, excess_ns) now (it may have gone on while /proc was sampled),
+    `batches`, one giving [(ts_start, ts_end)] of the recent batches, `final` (the episode is
+    over: the scheduler records of all of it, with `kept`, the /proc and root-cause evidence
+    gathered while it lasted).
     """
     worker = RcaWorker() if rca and trace_path is not None else None
 
     def fn(ctx: dict) -> list[dict]:
-        causes = quick_causes(ctx["pid"])
-        for c in causes:
-            c["source"] = "proc"
-        if worker is not None:
+        use_sched = sched is not None and sched.active
+        if ctx.get("final"):     # the episode is over: /proc has nothing more to say about it
+            causes = list(ctx.get("kept") or [])
+            if not use_sched:
+                return causes
+        else:
+            causes = quick_causes(ctx["pid"], scan_processes=not use_sched)
+            for c in causes:
+                c["source"] = "proc"
+        if use_sched:
+            end, excess = ctx["current"]() if "current" in ctx else (ctx["end_ns"], ctx.get("excess_ns", 0.0))
+            sched.wait_past(end)
+            found = sched.causes(ctx["pid"], ctx["start_ns"], end, excess,
+                                 batches=ctx["batches"]() if "batches" in ctx else None)
+            if found:   # (its 'unknown' says more about the episode than /proc's)
+                causes = sorted(found + [c for c in causes if c["cause"] != "unknown"], key=lambda c: -c["score"])
+        if worker is not None and not ctx.get("final"):
             try:
                 time.sleep(wait_s)   # let the trace hold the anomaly's batches and their OS events
                 extra = worker.causes(trace_path(), ctx["start_ns"],

@@ -131,6 +131,16 @@ class _WatchPack(ProbePack):
                     pass
 
             http._write = write
+        sched = next((p for p in self.watcher._packs if p.name == "sched"), None)
+        history = self.watcher.sched_history
+        if history is not None and sched is not None and hasattr(sched, "_write_events"):
+            orig_events = sched._write_events
+
+            def write_events(raw, _orig=orig_events, _add=history.add):
+                _orig(raw)
+                _add(raw)
+
+            sched._write_events = write_events
 
 
 def _cmdline_pids(pattern: str) -> list[int]:
@@ -246,11 +256,13 @@ class Watcher:
                 sinks.append(WebhookSink(config.webhook, rt_priority=config.live_rt_priority))
         self.sinks = sinks
         causes = None
+        self.sched_history = None                 # the sched pack's recent records, for the causes
         if config.causes:
-            from .causes import make_cause_fn
+            from .causes import SchedHistory, make_cause_fn
 
+            self.sched_history = SchedHistory()
             causes = make_cause_fn(lambda: self.traces[-1] if self.traces else str(config.output), rca=config.rca,
-                                   model_fn=lambda: self.model)
+                                   model_fn=lambda: self.model, sched=self.sched_history)
         self.alerts = AlertManager(sinks, config.pid, config.slo_ttft_ms, config.slo_tpot_ms,
                                    causes=causes, metrics=self.metrics, resolve_after_s=config.resolve_after_s,
                                    min_excess_ms=config.min_excess_ms, min_slowdown=config.min_slowdown)
@@ -462,6 +474,8 @@ class Watcher:
 
         self._packs = default_packs(opt_in=["syscalls"] if self.cfg.syscalls else [])
         self._wake = None
+        if self.sched_history is not None:
+            self.sched_history.clear()
         packs = self._packs + [_WatchPack(self)]
         path = self._trace_path()
         self.recorder = Recorder(pid, path, packs=packs, verbose=False, poll_interval_ms=self.cfg.poll_ms,

@@ -126,7 +126,7 @@ def _rate_per_sample(c: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def group_stops(sched: pd.DataFrame, pid: int, tol_ns: int = 2_000_000, min_frac: float = 0.6,
-                min_ns: int = 1_000_000) -> np.ndarray:
+                min_ns: int = 1_000_000, exclusive: bool = False) -> np.ndarray:
     """[(start, end)] of the server's *group stops*: intervals in which (nearly) all its threads went off
     CPU at the same instant and came back at the same instant.
 
@@ -138,6 +138,12 @@ def group_stops(sched: pd.DataFrame, pid: int, tol_ns: int = 2_000_000, min_frac
     is one thread at a time. A group stop is at least max(3, min_frac x threads) distinct threads whose
     off-CPU slices start within tol_ns of the first and end within tol_ns of their median end, and
     last at least min_ns.
+
+    exclusive: also every thread of `sched` was off CPU at its middle and none came on CPU
+    inside it. Without that, the time between two stops can pass for one: the threads that go
+    back to sleep right after SIGCONT are woken together by the next SIGSTOP, while the busy
+    threads compute meanwhile (with no slice at all: they never left the CPU). `sched` must
+    then hold the slices of every thread over a while around (seconds), not just of the stops.
     """
     if sched is None or sched.empty:
         return np.zeros((0, 2), dtype=np.int64)
@@ -148,6 +154,8 @@ def group_stops(sched: pd.DataFrame, pid: int, tol_ns: int = 2_000_000, min_frac
     ts = s["ts"].to_numpy(dtype=np.int64)
     te = ts + np.maximum(s["dur"].to_numpy(dtype=np.int64), 0)
     tid = s["tid"].to_numpy(dtype=np.int64)
+    if exclusive:
+        return _exclusive_stops(ts, te, s["tid"].nunique(), need, tol_ns, min_ns)
     o = np.argsort(ts, kind="stable")
     ts, te, tid = ts[o], te[o], tid[o]
     # candidate starts: where `need` slices start within tol_ns (vectorised); then check the ends
@@ -165,6 +173,28 @@ def group_stops(sched: pd.DataFrame, pid: int, tol_ns: int = 2_000_000, min_frac
             out.append((int(ts[i]), med))
             i_next = j
     return np.asarray(out, dtype=np.int64).reshape(-1, 2)
+
+
+def _exclusive_stops(ts: np.ndarray, te: np.ndarray, n_threads: int, need: int, tol_ns: int,
+                     min_ns: int) -> np.ndarray:
+    """group_stops(exclusive=True): the times every thread was off CPU (a sweep over the slices'
+    starts and ends; one thread's slices never overlap), at least min_ns long, that `need`
+    slices began within tol_ns before and `need` ended within tol_ns after."""
+    t = np.concatenate([ts, te])
+    step = np.concatenate([np.ones(len(ts), np.int64), -np.ones(len(te), np.int64)])
+    o = np.lexsort((step, t))                  # at a tie an end before a start
+    t, off = t[o], np.cumsum(step[o])
+    k = np.flatnonzero(off[:-1] == n_threads)
+    a, b = t[k], t[k + 1]
+    k = (b - a) >= min_ns
+    a, b = a[k], b[k]
+    if len(a) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    ss, es = np.sort(ts), np.sort(te)
+    began = np.searchsorted(ss, a, side="right") - np.searchsorted(ss, a - tol_ns, side="left")
+    ended = np.searchsorted(es, b + tol_ns, side="right") - np.searchsorted(es, b, side="left")
+    k = (began >= need) & (ended >= need)
+    return np.stack([a[k], b[k]], axis=1).astype(np.int64)
 
 
 def server_tids(trace, pid: int) -> set[int]:
