@@ -421,8 +421,13 @@ class AlertManager:
         self._emit_locked("opened", batch["ts_end"])
         self._enrich(st, "open")
 
+    @staticmethod
+    def _parts(st: dict) -> list:
+        """The detector anomalies of episode st."""
+        return list(st["closed"]) + ([] if st["an"] in st["closed"] else [st["an"]])
+
     def _doc(self, event: str, st: dict) -> dict:
-        parts = list(st["closed"]) + ([] if st["an"] in st["closed"] else [st["an"]])
+        parts = self._parts(st)
         sum_obs = sum(a.sum_obs for a in parts)
         sum_exp = sum(a.sum_exp for a in parts)
         n_flagged = sum(a.n_flagged for a in parts)
@@ -484,7 +489,9 @@ class AlertManager:
                 s.errors += 1
                 print(f"[watch] alert sink {s.name} failed: {exc}", file=sys.stderr)
         if self.metrics is not None:
-            self.metrics.on_alert(alert)
+            # (an episode resolved by close_now is still self._open while its resolution is sent)
+            firing = self._open is not None and not (event == "resolved" and st is self._open)
+            self.metrics.on_alert(alert, firing=firing)
         self.events.append(alert)
         if event == "opened":
             self.episodes.append(doc)
@@ -502,15 +509,16 @@ class AlertManager:
             if item is None:
                 return
             kind, st = item
-            with self._lock:
-                end_ns, excess_ns = self._episode_now(st)
+            end_ns, excess_ns = self._episode_now(st)
             ctx = {"pid": self.pid, "start_ns": st["start_ns"], "end_ns": end_ns, "excess_ns": excess_ns,
                    "current": lambda st=st: self._episode_now(st), "batches": self._recent_batches,
-                   "final": kind == "final", "kept": st.get("kept") or []}
+                   "kind": kind, "final": kind == "final", "kept": st.get("kept") or []}
             try:
                 causes = self.causes_fn(ctx)
             except Exception as exc:
                 causes = [{"cause": "unknown", "evidence": f"cause analysis failed: {exc}", "score": 0.0}]
+                if st.get("causes"):
+                    causes = []      # the earlier causes stay
             with self._lock:
                 if causes or not st.get("causes"):
                     st["causes"] = causes
@@ -531,8 +539,9 @@ class AlertManager:
     def _episode_now(self, st: dict) -> tuple[int, float]:
         """(end_ns, excess_ns) of episode st as it stands now."""
         with self._lock:
-            d = self._doc("updated", st)
-            return d["end_ns"], d["excess_ms"] * 1e6
+            parts = self._parts(st)
+            return (max(max(a.end_ts, a.alarm_ts) for a in parts),
+                    float(sum(a.sum_obs - a.sum_exp for a in parts)))
 
     def close(self) -> None:
         self._enrich_q.put(None)

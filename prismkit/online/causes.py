@@ -136,6 +136,7 @@ def quick_causes(pid: int, window_s: float = 0.5, samples: int = 25, scan_proces
 PF_KTHREAD = 0x00200000          # /proc/PID/stat flags: a kernel thread
 SCHED_RECORD = [("ts_off", "<u8"), ("ts_on", "<u8"), ("runq_ns", "<u8"), ("tid", "<u4"), ("by_pid", "<u4"),
                 ("cpu", "<u4"), ("reason", "<u4"), ("by_comm", "S16")]   # struct sched_event (sched.bpf.c)
+assert np.dtype(SCHED_RECORD).itemsize == 56      # recorders/packs/sched/pack.py's SCHED_EVENT.size
 PREEMPTED = 1
 MIN_SCORE = 0.2                  # a cause must explain at least this share of the episode's excess time
 
@@ -489,9 +490,10 @@ def make_cause_fn(trace_path=None, rca: bool = False, model_fn=None, wait_s: flo
 
     ctx: pid, start_ns, end_ns, excess_ns (when queued), `current`, a callable giving the
     episode's (end_ns, excess_ns) now (it may have gone on while /proc was sampled),
-    `batches`, one giving [(ts_start, ts_end)] of the recent batches, `final` (the episode is
-    over: the scheduler records of all of it, with `kept`, the /proc and root-cause evidence
-    gathered while it lasted).
+    `batches`, one giving [(ts_start, ts_end)] of the recent batches, `kind`: 'open', 'grow'
+    (it went on after a pause) or 'final' (it is over: the scheduler records of all of it,
+    with `kept`, the /proc and root-cause evidence gathered while it lasted; `final` is True).
+    The root-cause analysis runs at 'open' only.
     """
     worker = RcaWorker() if rca and trace_path is not None else None
 
@@ -512,7 +514,7 @@ def make_cause_fn(trace_path=None, rca: bool = False, model_fn=None, wait_s: flo
                                  batches=ctx["batches"]() if "batches" in ctx else None)
             if found:   # (its 'unknown' says more about the episode than /proc's)
                 causes = sorted(found + [c for c in causes if c["cause"] != "unknown"], key=lambda c: -c["score"])
-        if worker is not None and not ctx.get("final"):
+        if worker is not None and ctx.get("kind", "open") == "open":   # (seconds of CPU: once an episode)
             try:
                 time.sleep(wait_s)   # let the trace hold the anomaly's batches and their OS events
                 extra = worker.causes(trace_path(), ctx["start_ns"],

@@ -91,13 +91,13 @@ class WatchMetrics:
             if v:
                 h.observe(v / 1e9)
 
-    def on_alert(self, alert) -> None:
+    def on_alert(self, alert, firing: bool) -> None:
+        """firing: an episode is open after this event (one may open before the last one's
+        resolution leaves: that waits for its final causes)."""
         self.alert_events.labels(alert.event).inc()
         if alert.event == "opened":
             self.episodes.inc()
-            self.anomaly.set(1)
-        elif alert.event == "resolved":
-            self.anomaly.set(0)
+        self.anomaly.set(1 if firing else 0)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> int:
         from prometheus_client import start_http_server
