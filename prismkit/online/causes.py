@@ -261,10 +261,9 @@ class SchedHistory:
         # (not after a stop: SIGCONT wakes every thread at once). The engine's threads run in
         # lockstep, so a batch waits while any one of them waits: the union counts, not the sum.
         rq0 = np.maximum(te - rec["runq_ns"].astype(np.int64), ts)
-        if len(stops):
-            k = np.searchsorted(stops[:, 0], ts, side="right") - 1
-            in_stop = (k >= 0) & (ts <= stops[np.maximum(k, 0), 1])
-            rq0 = np.where(in_stop, te, rq0)
+        if len(stops):   # off CPU when a stop ended: its wait in the run queue is the stop's doing
+            k = np.searchsorted(stops[:, 1], te, side="right") - 1
+            rq0 = np.where((k >= 0) & (stops[np.maximum(k, 0), 1] >= ts), te, rq0)
         u0, u1 = _union(rq0, te)
         w_rq, r_rq = within(u0, u1, busy_now), within(u0, u1, busy_before) / hist
         x_rq = max(w_rq - r_rq * win, 0.0)
