@@ -309,7 +309,6 @@ class AlertManager:
         self.resolve_after_s = resolve_after_s
         self.min_excess_ms = min_excess_ms
         self.min_slowdown = min_slowdown
-        self._ring: deque = deque()   # the watcher's recent batches (the causes measure within them)
         self._pending = None      # a detector anomaly that has not yet cost min_excess_ms (or reached min_slowdown)
         self.suppressed = 0       # detector anomalies that closed below them (no alert)
         self.causes_fn = causes
@@ -337,7 +336,6 @@ class AlertManager:
         The detector's anomalies that follow one another within `resolve_after_s`
         are one episode (one alert): its close only arms the resolve timer.
         """
-        self._ring = ring
         with self._lock:
             st = self._open
             if v.alarm is not None:
@@ -511,7 +509,7 @@ class AlertManager:
             kind, st = item
             end_ns, excess_ns = self._episode_now(st)
             ctx = {"pid": self.pid, "start_ns": st["start_ns"], "end_ns": end_ns, "excess_ns": excess_ns,
-                   "current": lambda st=st: self._episode_now(st), "batches": self._recent_batches,
+                   "current": lambda st=st: self._episode_now(st),
                    "kind": kind, "final": kind == "final", "kept": st.get("kept") or []}
             try:
                 causes = self.causes_fn(ctx)
@@ -531,10 +529,6 @@ class AlertManager:
                     self._resolving.remove(st)
                 elif st is self._open:
                     self._emit_locked("updated", time.monotonic_ns())
-
-    def _recent_batches(self) -> list[tuple[int, int]]:
-        """[(ts_start, ts_end)] of the recent batches the detector saw."""
-        return [(b["ts_start"], b["ts_end"]) for b in list(self._ring)]
 
     def _episode_now(self, st: dict) -> tuple[int, float]:
         """(end_ns, excess_ns) of episode st as it stands now."""

@@ -242,7 +242,9 @@ class SchedHistory:
             """Time of intervals [s0, s1) (summed) that falls within the busy intervals."""
             return float(interval_overlap(s0, s1, busy[:, 0], busy[:, 1]).sum()) if len(s0) else 0.0
 
-        win = max(float((busy_now[:, 1] - busy_now[:, 0]).sum()), 1.0)        # batch time in the episode
+        win = float((busy_now[:, 1] - busy_now[:, 0]).sum())                  # batch time in the episode
+        if win <= 0:
+            return []     # (its batches are older than the history)
         hist = max(float((busy_before[:, 1] - busy_before[:, 0]).sum()), 1.0)  # and before it
         what = f"{_ms(win)} of batches" if batches is not None and len(batches) else f"{_ms(win)} episode"
         excess = max(float(excess_ns), 1.0)
@@ -479,20 +481,20 @@ def _worker_main() -> None:
 
 
 def make_cause_fn(trace_path=None, rca: bool = False, model_fn=None, wait_s: float = 1.5,
-                  sched: SchedHistory | None = None):
+                  sched: SchedHistory | None = None, batches_fn=None):
     """The causes callback for AlertManager: quick /proc evidence, the episode's own scheduler
-    records when the sched pack runs (`sched`); with `rca`, prismkit.rootcause too.
+    records when the sched pack runs (`sched`; `batches_fn` gives the [start, end) of the
+    recent batches, (n, 2)); with `rca`, prismkit.rootcause too.
 
     Runs on the enrichment thread only (never on the alert path); the root-cause
     analysis reloads the growing trace in an RcaWorker process, so it is opt-in
     (`prism watch --rca`). The callback's close() stops that process.
 
     ctx: pid, start_ns, end_ns, excess_ns (when queued), `current`, a callable giving the
-    episode's (end_ns, excess_ns) now (it may have gone on while /proc was sampled),
-    `batches`, one giving [(ts_start, ts_end)] of the recent batches, `kind`: 'open', 'grow'
-    (it went on after a pause) or 'final' (it is over: the scheduler records of all of it,
-    with `kept`, the /proc and root-cause evidence gathered while it lasted; `final` is True).
-    The root-cause analysis runs at 'open' only.
+    episode's (end_ns, excess_ns) now (it may have gone on while /proc was sampled), and
+    `kind`: 'open', 'grow' (it went on after a pause) or 'final' (it is over: the scheduler
+    records of all of it, with `kept`, the /proc and root-cause evidence gathered while it
+    lasted; `final` is True). The root-cause analysis runs at 'open' only.
     """
     worker = RcaWorker() if rca and trace_path is not None else None
 
@@ -510,7 +512,7 @@ def make_cause_fn(trace_path=None, rca: bool = False, model_fn=None, wait_s: flo
             end, excess = ctx["current"]() if "current" in ctx else (ctx["end_ns"], ctx.get("excess_ns", 0.0))
             sched.wait_past(end)
             found = sched.causes(ctx["pid"], ctx["start_ns"], end, excess,
-                                 batches=ctx["batches"]() if "batches" in ctx else None)
+                                 batches=batches_fn() if batches_fn is not None else None)
             if found:   # (its 'unknown' says more about the episode than /proc's)
                 causes = sorted(found + [c for c in causes if c["cause"] != "unknown"], key=lambda c: -c["score"])
         if worker is not None and ctx.get("kind", "open") == "open":   # (seconds of CPU: once an episode)

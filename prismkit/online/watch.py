@@ -262,7 +262,8 @@ class Watcher:
 
             self.sched_history = SchedHistory()
             causes = make_cause_fn(lambda: self.traces[-1] if self.traces else str(config.output), rca=config.rca,
-                                   model_fn=lambda: self.model, sched=self.sched_history)
+                                   model_fn=lambda: self.model, sched=self.sched_history,
+                                   batches_fn=self._batch_spans)
         self.alerts = AlertManager(sinks, config.pid, config.slo_ttft_ms, config.slo_tpot_ms,
                                    causes=causes, metrics=self.metrics, resolve_after_s=config.resolve_after_s,
                                    min_excess_ms=config.min_excess_ms, min_slowdown=config.min_slowdown)
@@ -345,6 +346,12 @@ class Watcher:
             if f == f and f < out.get(k, math.inf):
                 out[k] = float(f)
         return out
+
+    def _batch_spans(self):
+        """[start, end) of the recent batches, (n, 2) (the causes measure within them)."""
+        import numpy as np
+
+        return np.array([(end - dur, end) for end, dur, *_rest in list(self.recent)], dtype=np.int64).reshape(-1, 2)
 
     def _wake_floor(self, expected: float, phase) -> float:
         """The shortest duration the detector could flag for a batch expected to take `expected`."""
