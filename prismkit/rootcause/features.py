@@ -139,11 +139,13 @@ def group_stops(sched: pd.DataFrame, pid: int, tol_ns: int = 2_000_000, min_frac
     off-CPU slices start within tol_ns of the first and end within tol_ns of their median end, and
     last at least min_ns.
 
-    exclusive: also every thread of `sched` was off CPU at its middle and none came on CPU
-    inside it. Without that, the time between two stops can pass for one: the threads that go
-    back to sleep right after SIGCONT are woken together by the next SIGSTOP, while the busy
-    threads compute meanwhile (with no slice at all: they never left the CPU). `sched` must
-    then hold the slices of every thread over a while around (seconds), not just of the stops.
+    exclusive: instead, the times every thread of `sched` was off CPU at once, that many of its
+    slices began just before and ended just after. Without that, the time between two stops
+    can pass for one: the threads that go back to sleep right after SIGCONT are woken together
+    by the next SIGSTOP, while the busy threads compute meanwhile (with no slice at all: they
+    never left the CPU). `sched` must then hold the slices of every thread over a while around
+    (seconds), not just of the stops; a thread that exited in it (its last slice ended, it
+    never left the CPU again as far as the slices tell) hides every stop after.
     """
     if sched is None or sched.empty:
         return np.zeros((0, 2), dtype=np.int64)
