@@ -393,7 +393,8 @@ class AlertManager:
         'final' (then resolve it). One 'grow' at a time: a later one covers more anyway."""
         if self.causes_fn is None or (kind == "grow" and st.get("growing")):
             return
-        st["growing"] = st.get("growing") or kind == "grow"
+        if kind == "grow":
+            st["growing"] = True
         self._enrich_q.put((kind, st))
 
     @staticmethod
@@ -510,7 +511,7 @@ class AlertManager:
             end_ns, excess_ns = self._episode_now(st)
             ctx = {"pid": self.pid, "start_ns": st["start_ns"], "end_ns": end_ns, "excess_ns": excess_ns,
                    "current": lambda st=st: self._episode_now(st),
-                   "kind": kind, "final": kind == "final", "kept": st.get("kept") or []}
+                   "kind": kind, "kept": st.get("kept") or []}
             try:
                 causes = self.causes_fn(ctx)
             except Exception as exc:

@@ -250,7 +250,8 @@ class SchedHistory:
         excess = max(float(excess_ns), 1.0)
         causes = []
 
-        near = (te > start_ns - 2_000_000_000) & (ts < end_ns + 2_000_000)   # (group_stops loops per candidate)
+        # (the last 2 s: the sweep needs every thread off CPU, and a thread that exited earlier never is)
+        near = (te > start_ns - 2_000_000_000) & (ts < end_ns + 2_000_000)
         stops = group_stops(pd.DataFrame({"pid": pid, "tid": rec["tid"][near].astype(np.int64), "ts": ts[near],
                                           "dur": (te - ts)[near]}), pid, exclusive=True)
         stopped = within(stops[:, 0], stops[:, 1], busy_now)
@@ -494,13 +495,14 @@ def make_cause_fn(trace_path=None, rca: bool = False, model_fn=None, wait_s: flo
     episode's (end_ns, excess_ns) now (it may have gone on while /proc was sampled), and
     `kind`: 'open', 'grow' (it went on after a pause) or 'final' (it is over: the scheduler
     records of all of it, with `kept`, the /proc and root-cause evidence gathered while it
-    lasted; `final` is True). The root-cause analysis runs at 'open' only.
+    lasted). The root-cause analysis runs at 'open' only.
     """
     worker = RcaWorker() if rca and trace_path is not None else None
 
     def fn(ctx: dict) -> list[dict]:
         use_sched = sched is not None and sched.active
-        if ctx.get("final"):     # the episode is over: /proc has nothing more to say about it
+        kind = ctx.get("kind", "open")
+        if kind == "final":     # the episode is over: /proc has nothing more to say about it
             causes = list(ctx.get("kept") or [])
             if not use_sched:
                 return causes
@@ -515,7 +517,7 @@ def make_cause_fn(trace_path=None, rca: bool = False, model_fn=None, wait_s: flo
                                  batches=batches_fn() if batches_fn is not None else None)
             if found:   # (its 'unknown' says more about the episode than /proc's)
                 causes = sorted(found + [c for c in causes if c["cause"] != "unknown"], key=lambda c: -c["score"])
-        if worker is not None and ctx.get("kind", "open") == "open":   # (seconds of CPU: once an episode)
+        if worker is not None and kind == "open":   # (seconds of CPU: once an episode)
             try:
                 time.sleep(wait_s)   # let the trace hold the anomaly's batches and their OS events
                 extra = worker.causes(trace_path(), ctx["start_ns"],
