@@ -187,10 +187,7 @@ def test_stall_gives_one_episode_within_goal(session):
     for key in ("observed_ms", "expected_ms", "slowdown", "batches", "requests", "slo", "causes"):
         assert key in first
     # the episode's own scheduler records (the sched pack) show the server's threads stopped together
-    deadline = time.monotonic() + 5
-    while not ep["causes"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-        ep = next(e for e in w.alerts.episodes if e["alert_id"] == ep["alert_id"])
+    # (an episode resolves once its final causes are in)
     print("stall episode causes:", ep["causes"])
     assert ep["causes"] and ep["causes"][0]["cause"] == "stall", ep["causes"]
     assert any(c["cause"] == "stall" and c["source"] == "sched" for c in ep["causes"]), ep["causes"]

@@ -514,10 +514,9 @@ class AlertManager:
                    "kind": kind, "kept": st.get("kept") or []}
             try:
                 causes = self.causes_fn(ctx)
-            except Exception as exc:
-                causes = [{"cause": "unknown", "evidence": f"cause analysis failed: {exc}", "score": 0.0}]
-                if st.get("causes"):
-                    causes = []      # the earlier causes stay
+            except Exception as exc:   # (the earlier causes stay, if any)
+                causes = [] if st.get("causes") else \
+                    [{"cause": "unknown", "evidence": f"cause analysis failed: {exc}", "score": 0.0}]
             with self._lock:
                 if causes or not st.get("causes"):
                     st["causes"] = causes
