@@ -145,6 +145,40 @@ def test_flat_forest_predicts_exactly_as_lightgbm(model, traces):
         f.predict([1.0, 2.0])
 
 
+@pytest.mark.parametrize("columns", [None, ["n_tokens", "n_seqs", "n_prefill_tokens", "n_decode_tokens", "kv_tokens"],
+                                     ["n_tokens", "kv_tokens", "seq_mask", "n_seqs"]])
+def test_native_predict_one_equals_predict(traces, columns):
+    """predict_one's C path (forest.row_model: features, support weight, cost base) gives predict's
+    floats bit for bit: on real batches, with and without the history feature, with the phase as a
+    column or derived from the token counts, and on batches with missing, NaN or odd values,
+    where it must agree with the Python path."""
+    from prismkit.detect import forest
+
+    if forest._forest is None:
+        require(False, "the native forest (prismkit/detect/_forest.c) was not built: run scripts/setup.sh")
+    b = traces["stall"][0].sort_values("ts")
+    for history in (False, True):
+        m = WorkloadModel(columns=columns, history=history).fit(b)
+        fast = forest.row_model(m)
+        assert fast is not None, m.features_
+        rows = b.to_dict("records")
+        prev = float("nan")
+        for r in rows:
+            r["prev_n_tokens"], prev = prev, float(r["n_tokens"])
+        want = m.predict(b.assign(prev_n_tokens=[r["prev_n_tokens"] for r in rows]))
+        assert [fast.predict(r) for r in rows] == list(want)
+        assert [fast.predict(r, r["prev_n_tokens"]) for r in rows[:50]] == list(want[:50])
+        odd = [{}, {"n_tokens": None, "kv_tokens": float("nan")}, {**rows[0], "phase": "warmup", "seq_mask": float("nan")},
+               {**rows[1], "n_tokens": 0, "n_seqs": 0}, {**rows[2], "kv_tokens": "many", "n_tokens": np.int64(300)},
+               {**rows[3], "n_prefill_tokens": 5, "n_decode_tokens": 3, "n_tokens": 8, "phase": None}]
+        for r in odd:
+            got, py = fast.predict(r), m._predict_one_py(r)
+            assert got == py or (got != got and py != py), (r, got, py)
+        assert m.predict_one(rows[5]) == want[5] and m._row_model_cache[2] > 0   # (checked against Python)
+    with pytest.raises(TypeError):
+        fast.predict(rows[0].items())
+
+
 def test_forest_falls_back_to_lightgbm_where_it_would_differ():
     """Categorical splits are not implemented and a log-link objective's output is not the sum of
     the leaves: no flat forest for those, and row_predictor still answers as LightGBM does."""

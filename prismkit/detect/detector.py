@@ -408,14 +408,13 @@ class OnlineDetector:
         if self.model is None:
             raise ValueError("update() needs a model; use step() with an expectation")
         get = batch.get if hasattr(batch, "get") else (lambda k, d=None: getattr(batch, k, d))
-        row = {c: get(c) for c in self.model.columns_}
         tid = get("tid", 0)
-        row["prev_n_tokens"] = self._prev_tokens.get(tid, np.nan)
-        if "n_tokens" in row:
+        prev = self._prev_tokens.get(tid, np.nan)
+        if "n_tokens" in self.model.columns_:
             if tid not in self._prev_tokens and len(self._prev_tokens) >= 1024:
                 self._prev_tokens.pop(next(iter(self._prev_tokens)))
-            self._prev_tokens[tid] = float(row["n_tokens"])
-        exp = self.model.predict_one(row)
+            self._prev_tokens[tid] = float(get("n_tokens"))
+        exp = self.model.predict_one(batch, prev_n_tokens=prev)
         work = tuple(float(get(c, np.nan)) for c in SHIFT_COLUMNS)
         return self.step(int(get("ts")), int(get("dur")), exp, get("phase", "all"), work)
 

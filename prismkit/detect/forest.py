@@ -11,6 +11,10 @@ returns what ``booster.predict`` would for it, by the fastest of:
    thresholds (with NaN, zero and the neighbouring floats).
 2. LightGBM's single-row fast path (LGBM_BoosterPredictForMatSingleRowFast).
 3. ``booster.predict`` itself.
+
+`row_model(model)` goes one step further for WorkloadModel.predict_one: the features, the
+trees and the cost base of one batch in one C call (`_forest.RowModel`), or None where the
+model has something it does not implement.
 """
 from __future__ import annotations
 
@@ -171,3 +175,57 @@ def _build(booster, n_features: int) -> Callable[[list[float]], float]:
     except Exception:
         pass
     return lambda values: float(booster.predict(np.array([values], dtype=np.float64), num_threads=1)[0])
+
+
+# RowModel's feature operations (_forest.c)
+OP_COL, OP_PHASE, OP_PRODUCT, OP_CTX_PER_SEQ, OP_SEQ_RUNS, OP_PREV = range(6)
+# the derived features RowModel computes, with the columns they read in the order
+# model.DERIVED multiplies them (tests/test_detect.py checks RowModel against the Python path)
+_PRODUCTS = {"decode_x_ctx": ("n_decode_tokens", "kv_tokens"),
+             "prefill_x_ctx": ("n_prefill_tokens", "kv_tokens"),
+             "prefill_x_tokens_x_ctx": ("n_prefill_tokens", "n_tokens", "kv_tokens"),
+             "tokens_x_ctx": ("n_tokens", "kv_tokens")}
+
+
+def row_model(model):
+    """A `_forest.RowModel` computing ``model.predict_one(batch)`` for a dict batch, or None
+    (no native part, no flat forest for the booster, or a feature it does not implement)."""
+    from . import model as m
+
+    if _forest is None or not hasattr(_forest, "RowModel"):
+        return None
+    fn = row_predictor(model.booster_, len(model.features_))
+    forest = getattr(fn, "__self__", None)
+    if not isinstance(forest, _forest.Forest):
+        return None
+    cols = list(model.columns_)
+    idx = {c: i for i, c in enumerate(cols)}
+    derived_phase = "phase" not in idx and "n_prefill_tokens" in idx and "n_decode_tokens" in idx
+    ops = []
+    for name in model.features_:
+        if name in idx:
+            ops.append((OP_COL, idx[name], -1, -1))
+        elif name == "phase" and derived_phase:
+            ops.append((OP_PHASE, -1, -1, -1))
+        elif name == "prev_n_tokens":
+            ops.append((OP_PREV, -1, -1, -1))
+        elif name in _PRODUCTS and all(c in idx for c in _PRODUCTS[name]):
+            ins = [idx[c] for c in _PRODUCTS[name]]
+            ops.append((OP_PRODUCT, ins[0], ins[1], ins[2] if len(ins) > 2 else -1))
+        elif name == "ctx_per_seq" and "kv_tokens" in idx and "n_seqs" in idx:
+            ops.append((OP_CTX_PER_SEQ, idx["kv_tokens"], idx["n_seqs"], -1))
+        elif name == "seq_runs" and "seq_mask" in idx:
+            ops.append((OP_SEQ_RUNS, idx["seq_mask"], -1, -1))
+        else:
+            return None
+    weighted = bool(model.min_support) and "n_tokens" in model.features_
+    try:
+        return _forest.RowModel(
+            forest, tuple(cols), idx.get("phase", -1), idx.get("n_prefill_tokens", -1),
+            idx.get("n_decode_tokens", -1), tuple(ops), m._ubatch_sizes_cached, int(model.n_ubatch),
+            tuple(idx.get(c, -1) for c in m.UBATCH_INPUTS), idx.get("kv_tokens", -1), idx.get("n_tokens", -1),
+            int("phase" in model.features_), dict(model.support_) if weighted else None,
+            float(model.min_support or 1), tuple(float(t) for t in model.base_coef_), bool(model.log_target),
+            np.exp, np.log)
+    except (TypeError, ValueError, OverflowError):
+        return None

@@ -321,6 +321,7 @@ class AlertManager:
         self._lock = threading.RLock()
         self._enrich_q: queue.SimpleQueue = queue.SimpleQueue()
         self._resolving: list[dict] = []      # episodes over, waiting for their final causes
+        self.causes_cpu_ns: list[tuple[str, int]] = []   # (kind, CPU time of the thread) per cause analysis
         self._enricher = threading.Thread(target=self._enrich_loop, name="prism-causes", daemon=True)
         self._enricher.start()
         self.recent_requests: deque = deque(maxlen=4096)   # dicts from the http pack (ts_arrival, ts_end, ttft_ns, ...)
@@ -512,11 +513,13 @@ class AlertManager:
             ctx = {"pid": self.pid, "start_ns": st["start_ns"], "end_ns": end_ns, "excess_ns": excess_ns,
                    "current": lambda st=st: self._episode_now(st),
                    "kind": kind, "kept": st.get("kept") or []}
+            cpu0 = time.thread_time_ns()
             try:
                 causes = self.causes_fn(ctx)
             except Exception as exc:   # (the earlier causes stay, if any)
                 causes = [] if st.get("causes") else \
                     [{"cause": "unknown", "evidence": f"cause analysis failed: {exc}", "score": 0.0}]
+            self.causes_cpu_ns.append((kind, time.thread_time_ns() - cpu0))
             with self._lock:
                 if causes or not st.get("causes"):
                     st["causes"] = causes

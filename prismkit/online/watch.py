@@ -659,7 +659,9 @@ class Watcher:
                 "woke_by_mode": {LiveWake.MODE_NAMES.get(k, str(k)): list(v) for k, v in self.wake_counts.items()},
                 "detector_ms_p50": float(np.percentile(det, 50)) if len(det) else None,
                 "detector_ms_p99": float(np.percentile(det, 99)) if len(det) else None,
-                "detector_ms_mean": float(det.mean()) if len(det) else None}
+                "detector_ms_mean": float(det.mean()) if len(det) else None,
+                "causes_cpu_ms": {kind: [ns / 1e6 for k, ns in self.alerts.causes_cpu_ns if k == kind]
+                                  for kind in ("open", "grow", "final")}}
 
 
 # -- command line --------------------------------------------------------------------------
@@ -744,6 +746,10 @@ def print_summary(s: dict) -> None:
     if s.get("detector_ms_p50") is not None:
         print(f"  detector per batch: p50 {s['detector_ms_p50']:.3f} ms, p99 {s['detector_ms_p99']:.3f} ms, "
               f"mean {s['detector_ms_mean']:.3f} ms")
+    runs = [(kind, ms) for kind, v in (s.get("causes_cpu_ms") or {}).items() for ms in v]
+    if runs:
+        print(f"  cause analysis: {len(runs)} runs, {sum(ms for _k, ms in runs):.1f} ms of CPU ("
+              + ", ".join(f"{kind} {np.mean(v):.1f} ms" for kind, v in s["causes_cpu_ms"].items() if v) + " each)")
     if s["batches"]:
         print(f"  batches that woke the detector at once: {s['woke_detector']} of {s['batches']} "
               f"({s['woke_detector'] / s['batches']:.0%}); beyond the enter limit without waking it: {s['woke_missed']}")
