@@ -9,7 +9,8 @@ and mean) side by side in one run:
 
 - LightGBM's single-row fast path (LGBM_BoosterPredictForMatSingleRowFast);
 - the flat forest (prismkit/detect/_forest.c), the detector's default where it was built;
-- the whole of WorkloadModel.predict_one (features, trees, base model) with the default;
+- the whole of WorkloadModel.predict_one (features, trees, base model): its Python path, and
+  the default (forest.row_model: all of it in one C call, where the native part is built);
 
 each warm (rows back to back) and cold (a --thrash-mb buffer swept between rows, which
 evicts the trees as the server's matrix work does). Prints the ratios. No asserts: the
@@ -68,8 +69,12 @@ def main() -> None:
             flat = _time_rows(forest.predict, values, sweep)
             print(f"  flat forest            {flat[0]:7.1f} / {flat[1]:7.1f} us   "
                   f"{base[0] / flat[0]:.1f}x faster (median)")
+        py = _time_rows(model._predict_one_py, records, sweep)
+        print(f"  predict_one in Python  {py[0]:7.1f} / {py[1]:7.1f} us   (features, trees, base)")
         whole = _time_rows(model.predict_one, records, sweep)
-        print(f"  predict_one (default)  {whole[0]:7.1f} / {whole[1]:7.1f} us")
+        print(f"  predict_one (default)  {whole[0]:7.1f} / {whole[1]:7.1f} us   "
+              f"{py[0] / whole[0]:.1f}x faster (median)"
+              + ("" if model._row_model() is not None else "   (no native RowModel: the Python path)"))
 
 
 if __name__ == "__main__":
