@@ -265,6 +265,10 @@ static int rowmodel_init(RowModel *self, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_TypeError, "RowModel takes positional arguments only");
         return -1;
     }
+    if (self->forest) {   /* (its references would leak, and its plan could change under a caller) */
+        PyErr_SetString(PyExc_TypeError, "RowModel is initialised once");
+        return -1;
+    }
     if (!PyArg_ParseTuple(args, "O!O!iiiO!OiO!iiiOdO!pOO", &ForestType, &forest, &PyTuple_Type, &columns,
                           &phase_col, &pf_col, &dc_col, &PyTuple_Type, &ops, &ubatch_fn, &n_ubatch,
                           &PyTuple_Type, &ub_cols, &kv_col, &nt_col, &support_phase, &support, &min_support,
