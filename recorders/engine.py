@@ -536,6 +536,8 @@ class Recorder:
         for p in packs:
             p.before_resume(bpf)
         took, failed = switch.attach()
+        for p in packs:
+            p.after_resume(bpf, ctx)
         for why in failed:
             self._log(f"NOT re-attached {why}")
         ctx.writer.instant(ctx.process_track, t_resume, "prismkit.resumed", "metadata",

@@ -370,6 +370,29 @@ def test_alert_needs_the_episode_slowdown():
         assert len(am.episodes) == 1 and am.episodes[0]["slowdown"] > 1.25, am.episodes
 
 
+def test_resume_rearms_the_detector(session):
+    """SIGUSR1 then SIGUSR2 (pause, resume): as at the first attach, batches that began while the
+    probes were being attached again are not judged (the attach slows them down); later ones are."""
+    w = session["w"]
+    rec = w.recorder
+    pauses = rec.pauses
+    rec.pause()
+    t0 = time.monotonic()
+    while rec.pauses == pauses and time.monotonic() - t0 < 30:   # (detaching takes a few seconds)
+        time.sleep(0.05)
+    assert rec.pauses == pauses + 1
+    before = time.monotonic_ns()
+    rec.resume()
+    t0 = time.monotonic()
+    while w._armed_ns < before and time.monotonic() - t0 < 30:
+        time.sleep(0.05)
+    assert w._armed_ns >= before, "the resume did not re-arm the detector"
+    time.sleep(1.5)
+    judged = [b for b in list(w.ring) if b["ts_start"] >= before]
+    assert judged, "no batch was judged after the resume"
+    assert min(b["ts_start"] for b in judged) >= w._armed_ns
+
+
 def test_prometheus_endpoint_matches_trace(session):
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -142,6 +142,12 @@ class _WatchPack(ProbePack):
 
             sched._write_events = write_events
 
+    def after_resume(self, bpf, ctx) -> None:
+        # (SIGUSR2 after SIGUSR1) as at the first attach: batches that began while the probes were
+        # being attached again ran slower for it (each uprobe attached takes the lock of the server's memory map
+        # and rewrites a code page of it)
+        self.watcher._armed_ns = time.monotonic_ns()
+
 
 def _cmdline_pids(pattern: str) -> list[int]:
     """PIDs whose command line (arguments joined by spaces) matches the regex `pattern`, oldest first."""
@@ -738,7 +744,8 @@ def print_summary(s: dict) -> None:
           f"{s['tokens']} tokens, {s['requests']} requests, {len(s['episodes'])} anomaly episodes, "
           f"lost events {sum(s['lost_events'].values())}, target restarts {s['restarts']}")
     for e in s["episodes"]:
-        causes = ", ".join(c["cause"] for c in (e.get("causes") or [])[:3]) or "-"
+        # (the same cause can come from two sources, e.g. a stall seen in /proc and in the sched records)
+        causes = ", ".join(list(dict.fromkeys(c["cause"] for c in (e.get("causes") or [])))[:3]) or "-"
         print(f"  {e['alert_id']} {e['status']}: {e['duration_ms']:.0f} ms, observed {e['observed_ms']:.1f} ms vs "
               f"expected {e['expected_ms']:.1f} ms (x{e['slowdown']:.2f}); causes: {causes}")
     for name, lat in s["alert_latency_ms"].items():

@@ -74,6 +74,9 @@ class ProbePack:
         for name in self.state_maps:
             bpf[name.encode()].clear()
 
+    def after_resume(self, bpf, ctx: "RecordingContext") -> None:
+        """Called once a paused recording has attached every probe again."""
+
     def sample(self, ctx: "RecordingContext", now_ns: int) -> None:
         """Called periodically by the engine (counters)."""
 
