@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Callable
 from ..elf import find_symbol, probe_offset
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..engine import RecordingContext
     from ..target import TargetProcess
 
