@@ -202,7 +202,11 @@ static PyTypeObject ForestType = {
  * answers against the Python path's, bit for bit). Only the micro-batch split stays in Python,
  * behind its cache (model._ubatch_sizes_cached).
  */
-enum { OP_COL, OP_PHASE, OP_PRODUCT, OP_CTX_PER_SEQ, OP_SEQ_RUNS, OP_PREV };
+enum { OP_COL, OP_PHASE, OP_PRODUCT, OP_CTX_PER_SEQ, OP_SEQ_RUNS, OP_PREV };   /* exported to forest.py */
+/* model.PHASE_CODES by code (exported: forest.py builds no RowModel where they differ); the derived
+ * phase below uses the codes 0, 1, 2 */
+static const char *const PHASE_NAMES[] = {"decode", "prefill", "mixed"};
+#define N_PHASES 3
 #define MAX_COLS 64
 #define N_UB_INPUTS 6
 
@@ -379,9 +383,8 @@ static int phase_code(PyObject *v, double *out) {
     PyObject *s = PyObject_Str(v);
     if (!s)
         return -1;
-    const char *names[] = {"decode", "prefill", "mixed"};
-    for (int k = 0; k < 3; k++)
-        if (PyUnicode_CompareWithASCIIString(s, names[k]) == 0) {
+    for (int k = 0; k < N_PHASES; k++)
+        if (PyUnicode_CompareWithASCIIString(s, PHASE_NAMES[k]) == 0) {
             *out = (double)k;
             break;
         }
@@ -594,6 +597,18 @@ PyMODINIT_FUNC PyInit__forest(void) {
         return NULL;
     }
     if (PyModule_AddIntConstant(m, "NODE_SIZE", sizeof(Node)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    const char *ops[] = {"OP_COL", "OP_PHASE", "OP_PRODUCT", "OP_CTX_PER_SEQ", "OP_SEQ_RUNS", "OP_PREV"};
+    for (int k = 0; k <= OP_PREV; k++)
+        if (PyModule_AddIntConstant(m, ops[k], k) < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
+    PyObject *phases = Py_BuildValue("(sss)", PHASE_NAMES[0], PHASE_NAMES[1], PHASE_NAMES[2]);
+    if (!phases || PyModule_AddObject(m, "PHASE_NAMES", phases) < 0) {
+        Py_XDECREF(phases);
         Py_DECREF(m);
         return NULL;
     }

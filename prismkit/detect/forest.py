@@ -177,8 +177,6 @@ def _build(booster, n_features: int) -> Callable[[list[float]], float]:
     return lambda values: float(booster.predict(np.array([values], dtype=np.float64), num_threads=1)[0])
 
 
-# RowModel's feature operations (_forest.c)
-OP_COL, OP_PHASE, OP_PRODUCT, OP_CTX_PER_SEQ, OP_SEQ_RUNS, OP_PREV = range(6)
 # the derived features RowModel computes, with the columns they read in the order
 # model.DERIVED multiplies them (tests/test_detect.py checks RowModel against the Python path)
 _PRODUCTS = {"decode_x_ctx": ("n_decode_tokens", "kv_tokens"),
@@ -194,6 +192,8 @@ def row_model(model):
 
     if _forest is None or not hasattr(_forest, "RowModel"):
         return None
+    if tuple(sorted(m.PHASE_CODES, key=m.PHASE_CODES.get)) != getattr(_forest, "PHASE_NAMES", None):
+        return None     # (the C file codes the phases as model.py did when it was built)
     fn = row_predictor(model.booster_, len(model.features_))
     forest = getattr(fn, "__self__", None)
     if not isinstance(forest, _forest.Forest):
@@ -204,18 +204,18 @@ def row_model(model):
     ops = []
     for name in model.features_:
         if name in idx:
-            ops.append((OP_COL, idx[name], -1, -1))
+            ops.append((_forest.OP_COL, idx[name], -1, -1))
         elif name == "phase" and derived_phase:
-            ops.append((OP_PHASE, -1, -1, -1))
+            ops.append((_forest.OP_PHASE, -1, -1, -1))
         elif name == "prev_n_tokens":
-            ops.append((OP_PREV, -1, -1, -1))
+            ops.append((_forest.OP_PREV, -1, -1, -1))
         elif name in _PRODUCTS and all(c in idx for c in _PRODUCTS[name]):
             ins = [idx[c] for c in _PRODUCTS[name]]
-            ops.append((OP_PRODUCT, ins[0], ins[1], ins[2] if len(ins) > 2 else -1))
+            ops.append((_forest.OP_PRODUCT, ins[0], ins[1], ins[2] if len(ins) > 2 else -1))
         elif name == "ctx_per_seq" and "kv_tokens" in idx and "n_seqs" in idx:
-            ops.append((OP_CTX_PER_SEQ, idx["kv_tokens"], idx["n_seqs"], -1))
+            ops.append((_forest.OP_CTX_PER_SEQ, idx["kv_tokens"], idx["n_seqs"], -1))
         elif name == "seq_runs" and "seq_mask" in idx:
-            ops.append((OP_SEQ_RUNS, idx["seq_mask"], -1, -1))
+            ops.append((_forest.OP_SEQ_RUNS, idx["seq_mask"], -1, -1))
         else:
             return None
     weighted = bool(model.min_support) and "n_tokens" in model.features_
